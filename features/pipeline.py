@@ -1,0 +1,358 @@
+"""Fit on the training split, transform any split, and transform raw serving requests with the same
+saved artifacts: `schema.json` plus one Parquet vocabulary per table. No pickle.
+
+Output columns (what the data module and the serving endpoint turn into a `Batch`):
+- a sparse field -> Int64 id (0 padding, 1 out-of-vocabulary, 2.. known values or hash buckets);
+- a dense numeric field -> Float32 after fill and normalisation;
+- a sequence field -> Array(Int64, max_len), the most recent `max_len` items, left-padded with 0;
+- the label -> Float32 in {0, 1}; the group -> Int64 id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recsys.features.errors import FeatureError
+from recsys.features.hashing import bucket_expr, with_int64_hash, with_string_fold
+from recsys.features.schema import OOV_ID, FieldSpec, Schema
+
+Frame = pl.DataFrame | pl.LazyFrame
+_INT_TYPES = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
+_FLOAT_TYPES = (pl.Float32, pl.Float64)
+HASH_SEED = 0x5EED
+
+
+def _dtype_kind(dtype: pl.DataType) -> str:
+    if dtype in _INT_TYPES or isinstance(dtype, _INT_TYPES):
+        return "int"
+    if dtype in _FLOAT_TYPES or isinstance(dtype, _FLOAT_TYPES):
+        return "float"
+    if dtype == pl.String or isinstance(dtype, pl.String):
+        return "str"
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return "list"
+    if dtype == pl.Boolean:
+        return "int"
+    if dtype == pl.Null:
+        return "null"
+    return str(dtype)
+
+
+class FeaturePipeline:
+    """`FeaturePipeline(fields).fit(train)` learns vocabularies and statistics; `transform` applies them."""
+
+    SCHEMA_FILE = "schema.json"
+    VOCAB_DIR = "vocab"
+
+    def __init__(self, fields: Sequence[FieldSpec | Mapping[str, Any]] | Schema):
+        if isinstance(fields, Schema):
+            self.schema = fields
+        else:
+            specs = [f if isinstance(f, FieldSpec) else FieldSpec.from_dict(dict(f)) for f in fields]
+            self.schema = Schema(specs)
+        self.vocabs: dict[str, pl.DataFrame] = {}  # table -> (token: String, id: Int64)
+        self.fitted = False
+
+    # ------------------------------------------------------------------ checks
+    def _check_columns(self, frame: Frame, *, need_label: bool, context: str) -> dict[str, str]:
+        present = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
+        kinds = {name: _dtype_kind(dtype) for name, dtype in present.items()}
+        for f in self.schema.fields:
+            if f.kind == "label" and not need_label:
+                continue
+            if f.source not in kinds:
+                raise FeatureError(
+                    f"{context}: column {f.source!r} (field {f.name!r}) is missing; "
+                    f"the input has columns {sorted(kinds)}"
+                )
+            kind = kinds[f.source]
+            if kind == "null":
+                continue
+            if f.kind == "sequence" and kind not in ("str", "list"):
+                raise FeatureError(
+                    f"{context}: sequence field {f.name!r} needs a delimited string or a list column, "
+                    f"got {present[f.source]}"
+                )
+            if f.kind in ("numeric", "label") and kind not in ("int", "float", "str"):
+                raise FeatureError(f"{context}: field {f.name!r} needs numbers, got {present[f.source]}")
+            if f.kind in ("categorical", "group") and kind == "list":
+                raise FeatureError(f"{context}: categorical field {f.name!r} got a list column {present[f.source]}")
+            if self.fitted and f.raw_dtype and f.kind in ("categorical", "group") and f.hash_buckets:
+                if kind != f.raw_dtype and not (f.raw_dtype == "int" and kind == "str"):
+                    raise FeatureError(
+                        f"{context}: hashed field {f.name!r} was fitted on {f.raw_dtype} values but got {kind}"
+                    )
+        return kinds
+
+    @staticmethod
+    def _collect(frame: Frame, what: str) -> pl.DataFrame:
+        try:
+            return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as err:
+            raise FeatureError(f"{what}: {err}") from err
+
+    @staticmethod
+    def _numeric(f: FieldSpec) -> pl.Expr:
+        try:
+            return pl.col(f.source).cast(pl.Float64, strict=True)
+        except Exception as err:  # pragma: no cover - cast errors surface at collect time
+            raise FeatureError(f"numeric field {f.name!r}: {err}") from err
+
+    @staticmethod
+    def _tokens(f: FieldSpec, kind: str) -> pl.Expr:
+        """The sequence column as a list of string tokens, empty tokens dropped."""
+        col = pl.col(f.source)
+        lst = col.str.split(f.sep) if kind == "str" else col.cast(pl.List(pl.String))
+        return lst.list.eval(pl.element().filter(pl.element().is_not_null() & (pl.element() != "")))
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, frame: Frame) -> FeaturePipeline:
+        lf = frame.lazy()
+        kinds = self._check_columns(lf, need_label=True, context="fit")
+        n_rows = self._collect(lf.select(pl.len()), "fit").item()
+        if n_rows == 0:
+            raise FeatureError("fit: the input is empty (0 rows)")
+
+        label = self.schema.label
+        if label is not None:
+            bad = self._collect(
+                lf.select(pl.col(label.source).cast(pl.Float64, strict=False).alias("y"), pl.col(label.source).alias("raw"))
+                .filter(pl.col("y").is_null() | ~pl.col("y").is_in([0.0, 1.0]))
+                .select(pl.col("raw").cast(pl.String).unique().head(5)),
+                "label",
+            )
+            if bad.height:
+                raise FeatureError(
+                    f"label column {label.source!r} must hold only 0 and 1; found {bad['raw'].to_list()}"
+                )
+
+        stats_exprs: list[pl.Expr] = []
+        for f in self.schema.fields:
+            f.raw_dtype = kinds.get(f.source) if kinds.get(f.source) != "list" else "str"
+            if f.kind == "numeric":
+                x = self._numeric(f)
+                stats_exprs += [
+                    x.mean().alias(f"{f.name}.mean"), x.std().alias(f"{f.name}.std"),
+                    x.min().alias(f"{f.name}.min"), x.max().alias(f"{f.name}.max"),
+                    x.median().alias(f"{f.name}.median"),
+                ]
+        stats = self._collect(lf.select(stats_exprs), "fit numeric statistics").row(0, named=True) if stats_exprs else {}
+
+        for f in self.schema.fields:
+            if f.kind != "numeric":
+                continue
+            s = {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith(f.name + ".")}
+            fill = s[f.fill] if isinstance(f.fill, str) else float(f.fill)
+            if isinstance(f.fill, str) and f.fill not in ("mean", "median"):
+                raise FeatureError(f"numeric field {f.name!r}: fill must be a number, 'mean' or 'median'")
+            f.stats = {k: (0.0 if v is None else float(v)) for k, v in s.items()}
+            f.stats["fill"] = 0.0 if fill is None else float(fill)
+            if f.buckets:
+                filled = self._numeric(f).fill_null(f.stats["fill"])
+                qs = [i / f.buckets for i in range(1, f.buckets)]
+                row = self._collect(lf.select([filled.quantile(q).alias(str(q)) for q in qs]), f.name).row(0)
+                f.stats["boundaries"] = sorted({float(v) for v in row if v is not None})
+                f.vocab_size = len(f.stats["boundaries"]) + 3  # pad, oov, len+1 buckets
+
+        # Vocabularies: one per table, fitted on every field that draws ids from it.
+        by_table: dict[str, list[FieldSpec]] = {}
+        for f in self.schema.fields:
+            if f.kind in ("categorical", "sequence", "group"):
+                by_table.setdefault(f.vocab_key, []).append(f)
+        for table, members in by_table.items():
+            hashed = [m for m in members if m.hash_buckets]
+            if hashed:
+                size = hashed[0].hash_buckets + 2
+                for m in members:
+                    m.vocab_size = size
+                    if m.kind == "categorical" and m.raw_dtype == "str":
+                        m.stats["max_bytes"] = int(
+                            self._collect(lf.select(pl.col(m.source).cast(pl.String).str.len_bytes().max()), m.name).item() or 1
+                        )
+                continue
+            parts = []
+            for m in members:
+                if m.kind == "sequence":
+                    tokens = lf.select(self._tokens(m, kinds[m.source]).alias("token")).explode("token")
+                else:
+                    tokens = lf.select(pl.col(m.source).cast(pl.String).alias("token"))
+                parts.append(tokens)
+            min_count = max(m.min_count for m in members)
+            vocab = self._collect(
+                pl.concat(parts)
+                .drop_nulls()
+                .group_by("token")
+                .agg(pl.len().alias("count"))
+                .filter(pl.col("count") >= min_count)
+                .sort(["count", "token"], descending=[True, False]),
+                f"vocabulary {table!r}",
+            ).with_row_index("id", offset=OOV_ID + 1).with_columns(pl.col("id").cast(pl.Int64))
+            self.vocabs[table] = vocab.select("token", "id", "count")
+            for m in members:
+                m.vocab_size = vocab.height + 2
+        self.fitted = True
+        return self
+
+    # ------------------------------------------------------------------ transform
+    def transform(self, frame: Frame, *, require_label: bool = True) -> pl.LazyFrame:
+        """A lazy frame of model-ready columns. `require_label=False` is for serving requests."""
+        if not self.fitted:
+            raise FeatureError("transform before fit: call fit() or load() first")
+        lf = frame.lazy()
+        kinds = self._check_columns(lf, need_label=require_label, context="transform")
+        outputs: list[str] = []
+        for f in self.schema.fields:
+            if f.kind == "label":
+                if f.source not in kinds:
+                    continue
+                # Values outside {0, 1} become NaN, which `check_labels` and the data module refuse.
+                y = pl.col(f.source).cast(pl.Float64, strict=False)
+                lf = lf.with_columns(
+                    pl.when(y.is_in([0.0, 1.0])).then(y).otherwise(float("nan")).cast(pl.Float32).alias(f"__out_{f.name}")
+                )
+            elif f.kind == "numeric":
+                lf = lf.with_columns(self._numeric_expr(f).alias(f"__out_{f.name}"))
+            elif f.kind == "sequence":
+                lf = lf.with_columns(self._sequence_expr(f, kinds[f.source]).alias(f"__out_{f.name}"))
+            elif f.hash_buckets:
+                lf = self._with_hashed(lf, f, kinds[f.source])
+            else:
+                lf = lf.with_columns(self._lookup(f, pl.col(f.source)).alias(f"__out_{f.name}"))
+            outputs.append(f.name)
+        return lf.select([pl.col(f"__out_{n}").alias(n) for n in outputs])
+
+    def _vocab_maps(self, f: FieldSpec) -> tuple[pl.Series, pl.Series]:
+        vocab = self.vocabs[f.vocab_key]
+        return vocab["token"], vocab["id"]
+
+    def _lookup(self, f: FieldSpec, values: pl.Expr) -> pl.Expr:
+        tokens, ids = self._vocab_maps(f)
+        return values.cast(pl.String).replace_strict(tokens, ids, default=OOV_ID, return_dtype=pl.Int64).fill_null(OOV_ID)
+
+    def _with_hashed(self, lf: pl.LazyFrame, f: FieldSpec, kind: str) -> pl.LazyFrame:
+        out = f"__out_{f.name}"
+        if f.raw_dtype == "int":
+            key = pl.col(f.source).cast(pl.Int64, strict=False) if kind == "str" else pl.col(f.source).cast(pl.Int64)
+            lf = lf.with_columns(key.alias(f"__key_{f.name}"))
+        else:
+            lf = with_string_fold(lf, f.source, f"__key_{f.name}", f.stats.get("max_bytes", 64))
+        lf = with_int64_hash(lf, f"__key_{f.name}", f"__hash_{f.name}", seed=HASH_SEED)
+        return lf.with_columns(
+            bucket_expr(pl.col(f"__hash_{f.name}"), f.hash_buckets).fill_null(OOV_ID).alias(out)
+        )
+
+    def _numeric_expr(self, f: FieldSpec) -> pl.Expr:
+        s = f.stats
+        x = pl.col(f.source).cast(pl.Float64, strict=False).fill_null(s["fill"]).fill_nan(s["fill"])
+        if f.buckets:
+            bounds = s["boundaries"]
+            # Bucket i holds (bounds[i-1], bounds[i]]; ids start after padding and out-of-vocabulary.
+            position = pl.lit(pl.Series(bounds, dtype=pl.Float64)).search_sorted(x, side="left")
+            return (position.cast(pl.Int64) + OOV_ID + 1).fill_null(OOV_ID)
+        if f.norm == "standard":
+            x = (x - s["mean"]) / (s["std"] if s["std"] > 0 else 1.0)
+        elif f.norm == "minmax":
+            span = s["max"] - s["min"]
+            x = (x - s["min"]) / (span if span > 0 else 1.0)
+        elif f.norm == "log":
+            x = x.sign() * x.abs().log1p()
+        return x.cast(pl.Float32)
+
+    def _sequence_expr(self, f: FieldSpec, kind: str) -> pl.Expr:
+        tokens, ids = self._vocab_maps(f)
+        recent = self._tokens(f, kind).list.tail(f.max_len)
+        encoded = recent.list.eval(
+            pl.element().replace_strict(tokens, ids, default=OOV_ID, return_dtype=pl.Int64)
+        )
+        padding = pl.lit(pl.Series([[0] * f.max_len], dtype=pl.List(pl.Int64)))
+        padded = pl.concat_list(padding, encoded.fill_null(pl.lit(pl.Series([[]], dtype=pl.List(pl.Int64)))))
+        return padded.list.tail(f.max_len).list.to_array(f.max_len)
+
+    def transform_records(self, records: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+        """Transform raw serving requests (a list of dicts, field values as sent) with the fitted
+        artifacts. Fields missing from a record are an error; unseen values become out-of-vocabulary."""
+        if not records:
+            raise FeatureError("no records to transform")
+        needed = [f for f in self.schema.fields if f.kind not in ("label", "group")]
+        columns: dict[str, list[Any]] = {}
+        for f in needed:
+            values = []
+            for i, record in enumerate(records):
+                if f.source not in record:
+                    raise FeatureError(f"record {i}: field {f.source!r} is missing")
+                values.append(record[f.source])
+            columns[f.source] = values
+        frame_schema: dict[str, pl.DataType] = {}
+        for f in needed:
+            if f.kind == "numeric":
+                frame_schema[f.source] = pl.Float64
+            elif f.kind == "sequence":
+                is_list = any(isinstance(v, (list, tuple)) for v in columns[f.source])
+                frame_schema[f.source] = pl.List(pl.String) if is_list else pl.String
+                if is_list:
+                    columns[f.source] = [None if v is None else [str(x) for x in v] for v in columns[f.source]]
+            elif f.hash_buckets and f.raw_dtype == "int":
+                frame_schema[f.source] = pl.Int64
+            else:
+                frame_schema[f.source] = pl.String
+                columns[f.source] = [None if v is None else str(v) for v in columns[f.source]]
+        try:
+            frame = pl.DataFrame(columns, schema=frame_schema, strict=False)
+        except (TypeError, pl.exceptions.PolarsError) as err:
+            raise FeatureError(f"records do not match the schema: {err}") from err
+        for f in needed:
+            if f.kind == "numeric" or (f.hash_buckets and f.raw_dtype == "int"):
+                bad = [i for i, (v, c) in enumerate(zip(columns[f.source], frame[f.source])) if v is not None and c is None]
+                if bad:
+                    raise FeatureError(
+                        f"field {f.source!r} needs a number; record {bad[0]} has {columns[f.source][bad[0]]!r}"
+                    )
+        keep = [f for f in self.schema.fields if f.kind not in ("label", "group")]
+        sub = FeaturePipeline.__new__(FeaturePipeline)
+        sub.schema, sub.vocabs, sub.fitted = Schema(keep), self.vocabs, True
+        return sub.transform(frame, require_label=False).collect()
+
+    # ------------------------------------------------------------------ artifacts
+    def save(self, directory: str | Path) -> Path:
+        """Write schema.json and vocab/<table>.parquet atomically (a temp dir renamed into place)."""
+        if not self.fitted:
+            raise FeatureError("save before fit")
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".features-", dir=directory.parent))
+        try:
+            self.schema.save(tmp / self.SCHEMA_FILE)
+            (tmp / self.VOCAB_DIR).mkdir()
+            for table, vocab in self.vocabs.items():
+                vocab.write_parquet(tmp / self.VOCAB_DIR / f"{table}.parquet")
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FeaturePipeline:
+        directory = Path(directory)
+        pipeline = cls(Schema.load(directory / cls.SCHEMA_FILE))
+        for f in pipeline.schema.fields:
+            if f.kind in ("categorical", "sequence", "group") and not f.hash_buckets and f.vocab_key not in pipeline.vocabs:
+                path = directory / cls.VOCAB_DIR / f"{f.vocab_key}.parquet"
+                if not path.exists():
+                    raise FeatureError(f"vocabulary for table {f.vocab_key!r} is missing: {path}")
+                pipeline.vocabs[f.vocab_key] = pl.read_parquet(path)
+        pipeline.fitted = True
+        return pipeline
+
+    def describe(self) -> str:
+        return json.dumps({f.name: {"kind": f.kind, "vocab_size": f.vocab_size} for f in self.schema.fields}, indent=1)

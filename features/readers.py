@@ -1,0 +1,97 @@
+"""Lazy readers for the raw formats the pipeline accepts: CSV/TSV, Parquet and libFM."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from recsys.features.errors import FeatureError
+
+FORMATS = ("csv", "tsv", "parquet", "libfm")
+
+
+def infer_format(path: str | Path) -> str:
+    suffixes = [s.lower().lstrip(".") for s in Path(path).suffixes]
+    for suffix in reversed(suffixes):
+        if suffix in ("csv", "txt"):
+            return "csv"
+        if suffix in ("tsv", "tab"):
+            return "tsv"
+        if suffix in ("parquet", "pq"):
+            return "parquet"
+        if suffix in ("libfm", "svm", "libsvm"):
+            return "libfm"
+    raise FeatureError(f"cannot tell the format of {path}: name it as one of {FORMATS}")
+
+
+def scan_table(
+    path: str | Path,
+    fmt: str | None = None,
+    *,
+    separator: str | None = None,
+    has_header: bool = True,
+    column_names: Sequence[str] | None = None,
+    schema_overrides: dict[str, pl.DataType] | None = None,
+) -> pl.LazyFrame:
+    """A LazyFrame over one raw file. Nothing is read until the frame is collected, so a transform
+    over a large file can stream."""
+    path = Path(path)
+    if not path.exists():
+        raise FeatureError(f"input file not found: {path}")
+    fmt = fmt or infer_format(path)
+    if fmt in ("csv", "tsv"):
+        sep = separator or ("\t" if fmt == "tsv" else ",")
+        lf = pl.scan_csv(
+            path,
+            separator=sep,
+            has_header=has_header,
+            new_columns=list(column_names) if column_names else None,
+            schema_overrides=schema_overrides,
+            infer_schema_length=10_000,
+        )
+    elif fmt == "parquet":
+        lf = pl.scan_parquet(path)
+        if column_names:
+            lf = lf.rename(dict(zip(lf.collect_schema().names(), column_names)))
+    elif fmt == "libfm":
+        lf = scan_libfm(path, field_names=column_names)
+    else:
+        raise FeatureError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    return lf
+
+
+def scan_libfm(path: str | Path, field_names: Sequence[str] | None = None) -> pl.LazyFrame:
+    """libFM lines `label idx:val idx:val ...` with one feature per field in a fixed order (as
+    BARS writes Frappe and MovieLens). Gives `label` (-1 read as 0) and one integer column per
+    position holding the feature index; a `<field>_value` float column is added for a position
+    whose values are not all 1."""
+    path = Path(path)
+    with path.open() as handle:
+        first = handle.readline().split()
+    if not first:
+        raise FeatureError(f"{path} is empty")
+    n_fields = len(first) - 1
+    names = list(field_names) if field_names else [f"f{i}" for i in range(n_fields)]
+    if len(names) != n_fields:
+        raise FeatureError(
+            f"{path}: the first line has {n_fields} features but {len(names)} field names were given"
+        )
+    lines = pl.scan_csv(
+        path, has_header=False, separator="\x1f", quote_char=None, new_columns=["line"],
+        schema_overrides={"line": pl.String},
+    )
+    tokens = pl.col("line").str.strip_chars().str.split(" ")
+    pairs = [tokens.list.get(i + 1, null_on_oob=True).str.split_exact(":", 1) for i in range(n_fields)]
+    label = tokens.list.get(0).cast(pl.Float64)
+    lf = lines.select(
+        pl.when(label <= 0).then(0.0).otherwise(label).alias("label"),
+        *[pair.struct.field("field_0").cast(pl.Int64).alias(name) for pair, name in zip(pairs, names)],
+        *[pair.struct.field("field_1").cast(pl.Float64).alias(f"{name}_value") for pair, name in zip(pairs, names)],
+    )
+    # Drop value columns that carry nothing (all 1): the usual one-hot case.
+    value_cols = [f"{n}_value" for n in names]
+    constant = lf.select([(pl.col(c) == 1.0).all().alias(c) for c in value_cols]).collect().row(0)
+    keep = [c for c, is_one in zip(value_cols, constant) if not is_one]
+    return lf.select(["label", *names, *keep])

@@ -1,0 +1,49 @@
+"""The `recsys` command.
+
+    recsys train [hydra overrides]        one run (or a sweep with -m), writes metrics.json
+    recsys bench zoo [--data ...]         the zoo's models on one dataset, and a leaderboard
+    recsys bench throughput [...]         our training speed against DeepCTR-Torch, side by side
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = __doc__
+
+
+def _train_main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    @hydra.main(version_base="1.3", config_path="pkg://recsys.conf", config_name="train")
+    def run(cfg: DictConfig) -> float:
+        from recsys.train import train
+
+        metrics = train(cfg, HydraConfig.get().runtime.output_dir)
+        return metrics["val"]["auc"]
+
+    run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        sys.argv = [f"{sys.argv[0]} train", *rest]
+        _train_main()
+    elif command == "bench":
+        from recsys.bench import main as bench_main
+
+        bench_main(rest)
+    else:
+        print(f"recsys: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

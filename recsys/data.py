@@ -1,0 +1,207 @@
+"""Datasets: raw files -> fitted features (cached, keyed by a fingerprint) -> tensors -> index-slice batches.
+
+A split's columns are loaded once into a `Batch` of whole-split tensors; a training batch is one gather
+of a slice of a permutation, never a per-row `__getitem__` and collate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytorch_lightning as L
+import torch
+
+from recsys.batch import Batch
+from recsys.features import FeatureError, FeaturePipeline, Schema, scan_table
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
+# Bump when the feature code changes what a cached transform would contain.
+FEATURES_CACHE_VERSION = 1
+
+
+@dataclass
+class PreparedData:
+    name: str
+    directory: Path  # holds features/ and <split>.parquet
+    synthetic: bool = False
+
+    @property
+    def features_dir(self) -> Path:
+        return self.directory / "features"
+
+    def split_path(self, split: str) -> Path:
+        return self.directory / f"{split}.parquet"
+
+    def schema(self) -> Schema:
+        return Schema.load(self.features_dir / FeaturePipeline.SCHEMA_FILE)
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def resolve_files(data_cfg: Mapping[str, Any]) -> dict[str, Path]:
+    """The raw split files a data config names, with an error that says how to fix a missing root."""
+    root = data_cfg.get("root")
+    if root in (None, "", "None", "null"):
+        raise FileNotFoundError(
+            f"dataset {data_cfg['name']!r} reads from RECSYS_DATA_DIR, which is not set: point it at the folder "
+            f"that holds {data_cfg['name']}/ (for this repository, ../shared/data)"
+        )
+    files = {split: Path(str(root)) / str(data_cfg["files"][split]) for split in SPLITS}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"dataset {data_cfg['name']!r}: missing raw files {missing}")
+    return files
+
+
+def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> PreparedData:
+    """Fit features on train and write every split as Parquet, once per fingerprint. The fingerprint
+    covers the field config, the raw files (path, size, mtime) and the feature code version, so a change
+    to any of them refits. Written to a temporary folder and renamed, so an interrupted run leaves no
+    half-written cache behind."""
+    data_cfg = dict(data_cfg)
+    synthetic = bool(data_cfg.get("synthetic"))
+    cache_dir = Path(cache_dir)
+    if synthetic:
+        from recsys.synthetic import write_synthetic_ctr
+
+        raw_dir = cache_dir / "raw" / f"synthetic-{_digest(data_cfg['synthetic'])}"
+        write_synthetic_ctr(raw_dir, **dict(data_cfg["synthetic"]))
+        data_cfg["root"] = str(raw_dir)
+    files = resolve_files(data_cfg)
+    fields = [dict(f) for f in data_cfg["fields"]]
+    reader = dict(data_cfg.get("reader") or {})
+    key = {
+        "version": FEATURES_CACHE_VERSION,
+        "fields": fields,
+        "reader": reader,
+        "files": {s: _file_identity(p) for s, p in files.items()},
+    }
+    target = cache_dir / f"{data_cfg['name']}-{_digest(key)}"
+    prepared = PreparedData(str(data_cfg["name"]), target, synthetic)
+    if (target / "DONE").exists():
+        return prepared
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{data_cfg['name']}-", dir=cache_dir))
+    try:
+        log.info("fitting features for %s on %s", data_cfg["name"], files["train"])
+        pipeline = FeaturePipeline(fields).fit(scan_table(files["train"], **reader))
+        pipeline.save(tmp / "features")
+        for split, path in files.items():
+            frame = pipeline.transform(scan_table(path, **reader)).collect()
+            check_labels(frame, pipeline.schema, split)
+            frame.write_parquet(tmp / f"{split}.parquet")
+        (tmp / "fingerprint.json").write_text(json.dumps(key, indent=2))
+        (tmp / "DONE").touch()
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return prepared
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def check_labels(frame: pl.DataFrame, schema: Schema, split: str) -> None:
+    label = schema.label
+    if label is None or label.name not in frame.columns:
+        return
+    bad = frame.filter(pl.col(label.name).is_nan()).height
+    if bad:
+        raise FeatureError(f"split {split!r}: {bad} rows have a label other than 0 or 1 in column {label.source!r}")
+
+
+def frame_to_batch(frame: pl.DataFrame, schema: Schema) -> Batch:
+    """Whole-frame tensors in the Batch layout (column order from the schema)."""
+    n = frame.height
+
+    def matrix(names: list[str], dtype: Any) -> np.ndarray:
+        if not names:
+            return np.zeros((n, 0), dtype=dtype)
+        return frame.select(names).to_numpy().astype(dtype, copy=False)
+
+    sparse = torch.from_numpy(np.ascontiguousarray(matrix([f.name for f in schema.sparse], np.int64)))
+    dense = torch.from_numpy(np.ascontiguousarray(matrix([f.name for f in schema.dense], np.float32)))
+    seq_fields = schema.sequence
+    if seq_fields:
+        lengths = {f.max_len for f in seq_fields}
+        if len(lengths) != 1:
+            raise FeatureError(f"sequence fields must share one max_len in a Batch, got {sorted(lengths)}")
+        seq = torch.from_numpy(np.stack([frame[f.name].to_numpy() for f in seq_fields], axis=1).astype(np.int64))
+    else:
+        seq = torch.zeros((n, 0, 0), dtype=torch.int64)
+    label = group = None
+    if schema.label is not None and schema.label.name in frame.columns:
+        label = torch.from_numpy(frame[schema.label.name].to_numpy().astype(np.float32))
+    if schema.group is not None and schema.group.name in frame.columns:
+        group = torch.from_numpy(frame[schema.group.name].to_numpy().astype(np.int64))
+    return Batch(sparse, dense, seq, label, group)
+
+
+class BatchIterator:
+    """Batches of a whole-split Batch by index slices. Shuffled with its own generator, reseeded per epoch
+    from (seed, epoch) so a resumed run sees the same order."""
+
+    def __init__(self, data: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False):
+        self.data, self.batch_size, self.shuffle, self.seed, self.drop_last = data, batch_size, shuffle, seed, drop_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.data)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=generator)
+        self.epoch += 1
+        for i in range(len(self)):
+            start = i * self.batch_size
+            stop = min(start + self.batch_size, n)
+            yield self.data.take(order[start:stop]) if self.shuffle else self.data.take(slice(start, stop))
+
+
+class CTRDataModule(L.LightningDataModule):
+    def __init__(self, prepared: PreparedData, batch_size: int = 4096, eval_batch_size: int = 16384, seed: int = 0):
+        super().__init__()
+        self.prepared = prepared
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.schema = prepared.schema()
+        self.splits: dict[str, Batch] = {}
+
+    def load(self, split: str) -> Batch:
+        if split not in self.splits:
+            self.splits[split] = frame_to_batch(pl.read_parquet(self.prepared.split_path(split)), self.schema)
+        return self.splits[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in SPLITS:
+            self.load(split)
+
+    def train_dataloader(self) -> BatchIterator:
+        return BatchIterator(self.load("train"), self.batch_size, shuffle=True, seed=self.seed)
+
+    def val_dataloader(self) -> BatchIterator:
+        return BatchIterator(self.load("valid"), self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> BatchIterator:
+        return BatchIterator(self.load("test"), self.eval_batch_size, shuffle=False)

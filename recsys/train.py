@@ -1,0 +1,116 @@
+"""One training run from a composed config: prepare data, train with selection on validation, evaluate
+the selected checkpoint on test, and write metrics.json, the checkpoint and the feature artifacts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from recsys.data import CTRDataModule, prepare_dataset
+from recsys.features import Schema
+from recsys.tasks.ctr import CTRTask
+
+log = logging.getLogger(__name__)
+
+
+class TrainThroughput(L.Callback):
+    """Counts time spent in training epochs only (validation excluded), for samples/s."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.samples = 0
+        self._start: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.samples += len(batch)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None and not trainer.sanity_checking:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None:  # no validation ran this epoch
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, default=float)
+    os.replace(tmp, path)
+
+
+def build_model(model_cfg: DictConfig, schema: Schema) -> torch.nn.Module:
+    """The model named by `_target_`, built from the schema and the config's hyper-parameters. (The
+    schema is passed directly rather than through `instantiate`, which would turn it into a config.)"""
+    params = OmegaConf.to_container(model_cfg, resolve=True)
+    target = params.pop("_target_")
+    return get_class(target)(schema, **params)
+
+
+def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    prepared = prepare_dataset(OmegaConf.to_container(cfg.data, resolve=True), cfg.paths.cache_dir)
+    datamodule = CTRDataModule(prepared, batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed)
+    datamodule.setup()
+    model = build_model(cfg.model, datamodule.schema)
+    task = CTRTask(model, **cfg.task)
+
+    throughput = TrainThroughput()
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [throughput]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    checkpoint = next((c for c in callbacks if isinstance(c, L.callbacks.ModelCheckpoint)), None)
+
+    start = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+    ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
+    val = trainer.validate(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+    test = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+
+    history = task.history
+    best = max(history, key=lambda h: h["auc"]) if history else None
+    metrics = {
+        "model": cfg.model_name,
+        "dataset": prepared.name,
+        "synthetic_data": prepared.synthetic,
+        "val": {k.split("/", 1)[1]: v for k, v in val.items()},
+        "test": {k.split("/", 1)[1]: v for k, v in test.items()},
+        "best_epoch": best["epoch"] if best else None,
+        "epochs": len(history),
+        "train_seconds": throughput.seconds,
+        "fit_seconds": fit_seconds,
+        "time_to_best_seconds": best["elapsed_seconds"] if best else None,
+        "train_samples_per_second": throughput.samples / throughput.seconds if throughput.seconds else None,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "selected_on": "valid",
+        "history": history,
+        "checkpoint": str(Path(checkpoint.best_model_path).relative_to(output_dir)) if ckpt and Path(checkpoint.best_model_path).is_relative_to(output_dir) else (checkpoint.best_model_path if ckpt else None),
+        "features": "features",
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    shutil.copytree(prepared.features_dir, output_dir / "features", dirs_exist_ok=True)
+    write_json_atomic(output_dir / "metrics.json", metrics)
+    log.info("%s on %s: val AUC %.4f, test AUC %.4f", metrics["model"], metrics["dataset"], metrics["val"]["auc"], metrics["test"]["auc"])
+    return metrics
