@@ -136,10 +136,10 @@ def frame_to_batch(frame: pl.DataFrame, schema: Schema) -> Batch:
     def matrix(names: list[str], dtype: Any) -> np.ndarray:
         if not names:
             return np.zeros((n, 0), dtype=dtype)
-        return frame.select(names).to_numpy().astype(dtype, copy=False)
+        return np.array(frame.select(names).to_numpy(), dtype=dtype, order="C")  # owned and writable
 
-    sparse = torch.from_numpy(np.ascontiguousarray(matrix([f.name for f in schema.sparse], np.int64)))
-    dense = torch.from_numpy(np.ascontiguousarray(matrix([f.name for f in schema.dense], np.float32)))
+    sparse = torch.from_numpy(matrix([f.name for f in schema.sparse], np.int64))
+    dense = torch.from_numpy(matrix([f.name for f in schema.dense], np.float32))
     seq_fields = schema.sequence
     if seq_fields:
         lengths = {f.max_len for f in seq_fields}
@@ -150,9 +150,9 @@ def frame_to_batch(frame: pl.DataFrame, schema: Schema) -> Batch:
         seq = torch.zeros((n, 0, 0), dtype=torch.int64)
     label = group = None
     if schema.label is not None and schema.label.name in frame.columns:
-        label = torch.from_numpy(frame[schema.label.name].to_numpy().astype(np.float32))
+        label = torch.from_numpy(np.array(frame[schema.label.name].to_numpy(), dtype=np.float32))
     if schema.group is not None and schema.group.name in frame.columns:
-        group = torch.from_numpy(frame[schema.group.name].to_numpy().astype(np.int64))
+        group = torch.from_numpy(np.array(frame[schema.group.name].to_numpy(), dtype=np.int64))
     return Batch(sparse, dense, seq, label, group)
 
 

@@ -209,13 +209,20 @@ class FeatureEmbedding(nn.Module):
         return self._group_sequences(batch, groups[0])
 
     # ------------------------------------------------------------------ regularisation
-    def l2_penalty(self, batch: Batch) -> torch.Tensor:
-        """1/2 the squared L2 norm of the rows this batch looks up (each row once) and of the dense
-        field vectors: regularising only what the batch touches, not whole tables."""
+    def l2_penalty(self, batch: Batch, scope: str = "batch_rows") -> torch.Tensor:
+        """1/2 the squared L2 norm of the embedding rows, plus the dense field vectors.
+
+        scope="batch_rows": only the rows this batch looks up, each once (cost grows with the batch,
+        not the tables). scope="table": every row of every table, each batch, which is what FuxiCTR
+        and therefore the published BARS results do."""
+        if scope not in ("batch_rows", "table"):
+            raise ValueError(f"scope must be 'batch_rows' or 'table', got {scope!r}")
         total = torch.zeros((), device=batch.sparse.device)
         for groups in self.groups.values():
             for g in groups:
-                if g.key in self.weights:
+                if g.key in self.weights and scope == "table":
+                    total = total + self.weights[g.key].pow(2).sum()
+                elif g.key in self.weights:
                     ids = []
                     if g.sparse_fields:
                         ids.append((batch.sparse.index_select(1, self._get(g, "sparse_cols")) + self._get(g, "sparse_offsets")).flatten())

@@ -19,14 +19,16 @@ class CTRTask(L.LightningModule):
     """Args:
         model: any zoo model (`forward(batch) -> logits [B]`).
         learning_rate: Adam's.
-        embedding_l2: lambda for 1/2 lambda ||e||^2 over the embedding rows each batch looks up.
+        embedding_l2: lambda for 1/2 lambda ||e||^2 over embedding rows.
+        embedding_l2_scope: "batch_rows" (the rows each batch looks up) or "table" (whole tables
+            every batch, as FuxiCTR/BARS do; the BARS experiment configs use it).
         net_l2: lambda for 1/2 lambda ||w||^2 over every other parameter.
         lr_factor, min_lr: on each validation epoch without a new best AUC, multiply the LR by
             lr_factor (not below min_lr), as BARS does; early stopping is a callback.
     """
 
     def __init__(self, model: nn.Module, learning_rate: float = 1e-3, embedding_l2: float = 0.0, net_l2: float = 0.0,
-                 lr_factor: float = 0.1, min_lr: float = 1e-6, monitor: str = "val/auc"):
+                 embedding_l2_scope: str = "batch_rows", lr_factor: float = 0.1, min_lr: float = 1e-6, monitor: str = "val/auc"):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
@@ -43,7 +45,9 @@ class CTRTask(L.LightningModule):
     def regularization(self, batch: Batch) -> torch.Tensor:
         total = torch.zeros((), device=batch.sparse.device)
         if self.hparams.embedding_l2:
-            total = total + self.hparams.embedding_l2 * sum(m.l2_penalty(batch) for m in self._embeddings)
+            total = total + self.hparams.embedding_l2 * sum(
+                m.l2_penalty(batch, self.hparams.embedding_l2_scope) for m in self._embeddings
+            )
         if self.hparams.net_l2:
             total = total + self.hparams.net_l2 * 0.5 * sum(p.pow(2).sum() for p in self._net_params)
         return total

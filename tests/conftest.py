@@ -1,0 +1,73 @@
+"""Shared fixtures. Real data comes from RECSYS_DATA_DIR; tests that need it skip with a reason when it
+is absent, unless RECSYS_REQUIRE_DATA=1 (set by .ci/run), where a missing dataset is a failure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _data_dir() -> Path | None:
+    root = os.environ.get("RECSYS_DATA_DIR")
+    return Path(root) if root else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    root = _data_dir()
+    if root is None or not root.is_dir():
+        message = f"RECSYS_DATA_DIR is not set or not a folder ({root}); real-data tests need ../shared/data"
+        if os.environ.get("RECSYS_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_file(data_dir: Path):
+    """`real_file("frappe_x1/train.csv")`: the path under RECSYS_DATA_DIR, or skip (fail in CI) if absent."""
+
+    def find(relative: str) -> Path:
+        path = data_dir / relative
+        if not path.exists():
+            message = f"{path} is missing from RECSYS_DATA_DIR"
+            if os.environ.get("RECSYS_REQUIRE_DATA") == "1":
+                pytest.fail(message)
+            pytest.skip(message)
+        return path
+
+    return find
+
+
+# Small synthetic data for tests that need a full pipeline but not real data.
+SMALL_SYNTHETIC = ["data=synthetic", "data.synthetic.n_train=3000", "data.synthetic.n_valid=1000",
+                   "data.synthetic.n_test=1000", "data.batch_size=256"]
+
+
+@pytest.fixture(scope="session")
+def small_synthetic(tmp_path_factory: pytest.TempPathFactory):
+    """(overrides, datamodule) for the small synthetic set, prepared once per session."""
+    from omegaconf import OmegaConf
+
+    from recsys.bench import compose_train_config
+    from recsys.data import CTRDataModule, prepare_dataset
+
+    cache = tmp_path_factory.mktemp("synthetic-cache")
+    cfg = compose_train_config(["model=lr", *SMALL_SYNTHETIC, f"paths.cache_dir={cache}"])
+    prepared = prepare_dataset(OmegaConf.to_container(cfg.data, resolve=True), cache)
+    dm = CTRDataModule(prepared, batch_size=256, eval_batch_size=1024)
+    dm.setup()
+    return SMALL_SYNTHETIC, dm
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
