@@ -102,9 +102,9 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
         pipeline = FeaturePipeline(fields).fit(scan_table(files["train"], **reader))
         pipeline.save(tmp / "features")
         for split, path in files.items():
-            frame = pipeline.transform(scan_table(path, **reader)).collect()
-            check_labels(frame, pipeline.schema, split)
-            frame.write_parquet(tmp / f"{split}.parquet")
+            # Streams raw file -> transform -> Parquet without holding the raw split in memory.
+            pipeline.transform(scan_table(path, **reader)).sink_parquet(tmp / f"{split}.parquet")
+            check_labels(pl.scan_parquet(tmp / f"{split}.parquet"), pipeline.schema, split)
         (tmp / "fingerprint.json").write_text(json.dumps(key, indent=2))
         (tmp / "DONE").touch()
         if target.exists():
@@ -120,11 +120,12 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def check_labels(frame: pl.DataFrame, schema: Schema, split: str) -> None:
+def check_labels(frame: pl.LazyFrame, schema: Schema, split: str) -> None:
+    """The transform turns a label outside {0, 1} into NaN; refuse such a split, naming the column."""
     label = schema.label
-    if label is None or label.name not in frame.columns:
+    if label is None or label.name not in frame.collect_schema().names():
         return
-    bad = frame.filter(pl.col(label.name).is_nan()).height
+    bad = frame.select(pl.col(label.name).is_nan().sum()).collect().item()
     if bad:
         raise FeatureError(f"split {split!r}: {bad} rows have a label other than 0 or 1 in column {label.source!r}")
 

@@ -189,3 +189,22 @@ def test_transform_is_lazy_and_streams_to_parquet(tmp_path) -> None:
     assert isinstance(lazy, pl.LazyFrame)
     lazy.sink_parquet(tmp_path / "out.parquet")
     assert pl.read_parquet(tmp_path / "out.parquet").height == 6
+
+
+def test_prepare_dataset_refuses_a_split_with_a_bad_label_and_leaves_no_cache(tmp_path) -> None:
+    from recsys.data import prepare_dataset
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    good = pl.DataFrame({"label": [0, 1, 1], "user": ["a", "b", "a"]})
+    good.write_csv(raw / "train.csv")
+    good.write_csv(raw / "valid.csv")
+    pl.DataFrame({"label": [0, 3], "user": ["a", "b"]}).write_csv(raw / "test.csv")
+    cfg = {"name": "tiny", "root": str(raw), "files": {"train": "train.csv", "valid": "valid.csv", "test": "test.csv"},
+           "fields": [{"name": "label", "kind": "label"}, {"name": "user", "kind": "categorical"}]}
+    with pytest.raises(FeatureError, match="split 'test': 1 rows have a label other than 0 or 1"):
+        prepare_dataset(cfg, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written left behind
+    pl.DataFrame({"label": [0, 1], "user": ["a", "b"]}).write_csv(raw / "test.csv")
+    prepared = prepare_dataset(cfg, tmp_path / "cache")
+    assert (prepared.directory / "DONE").exists() and pl.read_parquet(prepared.split_path("test")).height == 2
