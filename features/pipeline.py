@@ -11,15 +11,13 @@ Output columns (what the data module and the serving endpoint turn into a `Batch
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from recsys.features.atomic import atomic_directory
 from recsys.features.errors import FeatureError
 from recsys.features.hashing import bucket_expr, with_int64_hash, with_string_fold
 from recsys.features.schema import OOV_ID, FieldSpec, Schema
@@ -326,19 +324,11 @@ class FeaturePipeline:
         if not self.fitted:
             raise FeatureError("save before fit")
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".features-", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             self.schema.save(tmp / self.SCHEMA_FILE)
             (tmp / self.VOCAB_DIR).mkdir()
             for table, vocab in self.vocabs.items():
                 vocab.write_parquet(tmp / self.VOCAB_DIR / f"{table}.parquet")
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     @classmethod

@@ -9,9 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ import torch
 
 from recsys.batch import Batch
 from recsys.features import FeatureError, FeaturePipeline, Schema, scan_table
+from recsys.features.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -95,9 +93,7 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
     prepared = PreparedData(str(data_cfg["name"]), target, synthetic)
     if (target / "DONE").exists():
         return prepared
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{data_cfg['name']}-", dir=cache_dir))
-    try:
+    with atomic_directory(target) as tmp:
         log.info("fitting features for %s on %s", data_cfg["name"], files["train"])
         pipeline = FeaturePipeline(fields).fit(scan_table(files["train"], **reader))
         pipeline.save(tmp / "features")
@@ -107,12 +103,6 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
             check_labels(pl.scan_parquet(tmp / f"{split}.parquet"), pipeline.schema, split)
         (tmp / "fingerprint.json").write_text(json.dumps(key, indent=2))
         (tmp / "DONE").touch()
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return prepared
 
 
