@@ -154,7 +154,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     overrides = [f"experiment={args.model}_frappe_x1", f"paths.output_dir={out}", "trainer.enable_progress_bar=false",
                  f"trainer.max_epochs={args.max_epochs}", f"seed={args.seed}"]
     if args.precision:
-        overrides.append(f"+trainer.precision={args.precision}")
+        overrides.append(f"trainer.precision={args.precision}")
     m = train(compose_train_config(overrides), out)
     label = {"finalmlp": "recsys-zoo FinalMLP", "deepfm": "recsys-zoo DeepFM"}[args.model]
     if args.precision:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.data import CTRDataModule, prepare_dataset
 from recsys.features import Schema
+from recsys.runinfo import environment, run_id
 from recsys.tasks.ctr import CTRTask
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
     history = task.history
     best = max(history, key=lambda h: h["auc"]) if history else None
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     metrics = {
+        "run_id": run_id(resolved),
         "model": cfg.model_name,
         "dataset": prepared.name,
         "synthetic_data": prepared.synthetic,
@@ -108,7 +111,8 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "history": history,
         "checkpoint": str(Path(checkpoint.best_model_path).relative_to(output_dir)) if ckpt and Path(checkpoint.best_model_path).is_relative_to(output_dir) else (checkpoint.best_model_path if ckpt else None),
         "features": "features",
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": resolved,
+        "environment": environment(),
     }
     shutil.copytree(prepared.features_dir, output_dir / "features", dirs_exist_ok=True)
     write_json_atomic(output_dir / "metrics.json", metrics)

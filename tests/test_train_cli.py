@@ -32,6 +32,7 @@ def test_train_writes_metrics_checkpoint_and_features(tmp_path) -> None:
     assert (out / metrics["checkpoint"]).exists()
     assert (out / "features" / "schema.json").exists() and (out / "features" / "vocab" / "item.parquet").exists()
     assert metrics["selected_on"] == "valid" and len(metrics["history"]) == 2
+    assert len(metrics["run_id"]) == 12 and "torch" in metrics["environment"]["packages"]
 
 
 def test_unknown_model_and_missing_data_root_fail_with_a_named_reason(tmp_path) -> None:
@@ -54,3 +55,14 @@ def test_main_job_falls_back_to_labelled_synthetic_data_and_ranks_on_validation(
     assert len(rows) == 2
     vals = [float(r.split("|")[3]) for r in rows]
     assert vals == sorted(vals, reverse=True)
+
+
+def test_run_id_ignores_where_a_run_writes_but_not_what_it_computes() -> None:
+    from recsys.runinfo import environment, run_id
+
+    base = {"seed": 1, "model": {"_target_": "x", "dim": 10}, "paths": {"output_dir": "a"}, "trainer": {"max_epochs": 3, "enable_progress_bar": True}}
+    moved = {**base, "paths": {"output_dir": "b"}, "trainer": {"max_epochs": 3, "enable_progress_bar": False}}
+    changed = {**base, "model": {"_target_": "x", "dim": 16}}
+    assert run_id(base) == run_id(moved) != run_id(changed)
+    env = environment()
+    assert {"python", "packages", "git_commit", "device"} <= set(env) and "torch" in env["packages"]
