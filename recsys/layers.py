@@ -17,40 +17,6 @@ def activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
 
 
-class Dropout(nn.Module):
-    """Inverted dropout whose CPU masks are windows, at a fresh random offset each call, into a pool of
-    Bernoulli(p) draws made once (8x the input size).
-
-    Why: torch's CPU RNG is single-threaded; drawing a fresh mask for a 4096x400 activation costs about
-    17 ms on a 2-core machine, a third of a DeepFM training step. Every element of a window is still an
-    independent Bernoulli(p) draw and the window moves every call; only masks of different calls
-    overlap. On CUDA the native kernel is fast and is used as is. Identity in eval mode (and in ONNX)."""
-
-    POOL_FACTOR = 8
-
-    def __init__(self, p: float):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout rate must be in [0, 1), got {p}")
-        self.p = p
-        self.register_buffer("drop_pool", torch.empty(0, dtype=torch.bool), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if x.device.type != "cpu":
-            return nn.functional.dropout(x, self.p, training=True)
-        n = x.numel()
-        if self.drop_pool.numel() < 2 * n:
-            self.drop_pool = torch.rand(self.POOL_FACTOR * n) < self.p
-        offset = int(torch.randint(0, self.drop_pool.numel() - n + 1, (1,)))
-        drop = self.drop_pool[offset : offset + n].view_as(x)
-        return x.masked_fill(drop, 0.0) * (1.0 / (1.0 - self.p))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
 class MLP(nn.Sequential):
     """Linear -> BatchNorm -> activation -> Dropout per hidden layer, then an optional plain Linear
     to `output_dim` (the order FuxiCTR and BARS use)."""
@@ -73,7 +39,7 @@ class MLP(nn.Sequential):
                 layers.append(nn.BatchNorm1d(units))
             layers.append(activation(activation_name))
             if dropout > 0:
-                layers.append(Dropout(dropout))
+                layers.append(nn.Dropout(dropout))
             width = units
         if output_dim is not None:
             layers.append(nn.Linear(width, output_dim))

@@ -13,7 +13,7 @@ def test_finalmlp_learns_frappe_x1(real_file, tmp_path) -> None:
     real_file("frappe_x1/train.csv")
     cfg = compose_train_config([
         "experiment=finalmlp_frappe_x1", "trainer.max_epochs=4", "trainer.enable_progress_bar=false",
-        f"paths.output_dir={tmp_path}", "logger=null",
+        f"paths.output_dir={tmp_path}", "~logger",
     ])
     metrics = train(cfg, tmp_path)
     assert metrics["dataset"] == "frappe_x1" and metrics["synthetic_data"] is False
