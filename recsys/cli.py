@@ -3,6 +3,7 @@
     recsys train [hydra overrides]        one run (or a sweep with -m), writes metrics.json
     recsys bench zoo [--data ...]         the zoo's models on one dataset, and a leaderboard
     recsys bench throughput [...]         our training speed against DeepCTR-Torch, side by side
+    recsys report RUNS_DIR [...]          leaderboard (CSV, Markdown) and an HTML report of many runs
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ def _train_main() -> None:
 
     @hydra.main(version_base="1.3", config_path="pkg://recsys.conf", config_name="train")
     def run(cfg: DictConfig) -> float:
-        from recsys.train import train
+        from hydra.types import RunMode
 
-        metrics = train(cfg, HydraConfig.get().runtime.output_dir)
-        return metrics["val"]["auc"]
+        from recsys.train import train_or_resume
+
+        hydra_cfg = HydraConfig.get()
+        sweep_dir = hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None
+        return train_or_resume(cfg, hydra_cfg.runtime.output_dir, sweep_dir)
 
     run()
 
@@ -40,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
         from recsys.bench import main as bench_main
 
         bench_main(rest)
+    elif command == "report":
+        from recsys.report import main as report_main
+
+        report_main(rest)
     else:
         print(f"recsys: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)

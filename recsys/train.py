@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytorch_lightning as L
 import torch
 from hydra.utils import get_class, instantiate
@@ -55,6 +56,16 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(payload, handle, indent=2, default=float)
     os.replace(tmp, path)
+
+
+def write_predictions(task: CTRTask, path: Path) -> None:
+    """Validation and test scores of the selected checkpoint, for ROC and calibration plots."""
+    frames = [
+        pl.DataFrame({"split": split, "logit": logits.float().numpy(), "label": labels.float().numpy()})
+        for split, (logits, labels) in task.last_predictions.items()
+    ]
+    if frames:
+        pl.concat(frames).write_parquet(path)
 
 
 def build_model(model_cfg: DictConfig, schema: Schema) -> torch.nn.Module:
@@ -111,10 +122,52 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "history": history,
         "checkpoint": str(Path(checkpoint.best_model_path).relative_to(output_dir)) if ckpt and Path(checkpoint.best_model_path).is_relative_to(output_dir) else (checkpoint.best_model_path if ckpt else None),
         "features": "features",
+        "predictions": "predictions.parquet",
         "config": resolved,
         "environment": environment(),
     }
     shutil.copytree(prepared.features_dir, output_dir / "features", dirs_exist_ok=True)
+    write_predictions(task, output_dir / "predictions.parquet")
     write_json_atomic(output_dir / "metrics.json", metrics)
     log.info("%s on %s: val AUC %.4f, test AUC %.4f", metrics["model"], metrics["dataset"], metrics["val"]["auc"], metrics["test"]["auc"])
     return metrics
+
+
+def find_finished(root: str | Path, rid: str) -> dict[str, Any] | None:
+    """A metrics.json under `root` written by a run with this run id, if any."""
+    for path in Path(root).rglob("metrics.json"):
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(metrics, dict) and metrics.get("run_id") == rid and "val" in metrics:
+            return metrics
+    return None
+
+
+def train_or_resume(cfg: DictConfig, output_dir: str | Path, sweep_dir: str | Path | None = None) -> float:
+    """The sweep-facing entry: returns the validation AUC (what sweepers maximise).
+
+    In a sweep (`sweep_dir` set), a run whose run id already finished anywhere under the sweep folder is
+    skipped, so rerunning the same sweep command resumes it; and a run that fails writes error.json
+    (run id, error, traceback) and returns NaN, so one bad setting does not stop the sweep. Outside a
+    sweep, errors propagate."""
+    rid = run_id(OmegaConf.to_container(cfg, resolve=True))
+    if sweep_dir is not None:
+        done = find_finished(sweep_dir, rid)
+        if done is not None:
+            log.info("run %s already finished (%s): skipped", rid, done.get("model"))
+            return float(done["val"]["auc"])
+    try:
+        return float(train(cfg, output_dir)["val"]["auc"])
+    except Exception as err:
+        if sweep_dir is None:
+            raise
+        import traceback
+
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(output_dir) / "error.json", {
+            "run_id": rid, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+        })
+        log.error("run %s failed and was recorded in %s/error.json: %s", rid, output_dir, err)
+        return float("nan")

@@ -66,3 +66,37 @@ def test_run_id_ignores_where_a_run_writes_but_not_what_it_computes() -> None:
     assert run_id(base) == run_id(moved) != run_id(changed)
     env = environment()
     assert {"python", "packages", "git_commit", "device"} <= set(env) and "torch" in env["packages"]
+
+
+def test_sweep_resumes_finished_runs_and_records_failures(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", "model=lr", "data=synthetic", "data.synthetic.n_train=2000", "data.synthetic.n_valid=500",
+            "data.synthetic.n_test=500", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+            "task.learning_rate=1e-3,-1.0", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    first = _recsys(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    finished = list(sweep.rglob("metrics.json"))
+    failed = list(sweep.rglob("error.json"))
+    assert len(finished) == 1 and len(failed) == 1  # a negative learning rate fails; the sweep goes on
+    assert "learning rate" in json.loads(failed[0].read_text())["error"].lower()
+    stamp = finished[0].stat().st_mtime_ns
+    second = _recsys(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "already finished" in second.stderr + second.stdout
+    assert finished[0].stat().st_mtime_ns == stamp  # not retrained
+
+
+def test_sweep_configs_compose_with_their_sweepers() -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="recsys.conf", version_base="1.3"):
+        grid = compose("train", overrides=["hparams_search=frappe_grid"], return_hydra_config=True)
+        optuna = compose("train", overrides=["experiment=finalmlp_frappe_x1", "hparams_search=finalmlp_optuna"], return_hydra_config=True)
+        joblib = compose("train", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
+    assert grid.hydra.sweeper.params.experiment == "lr_frappe_x1,fm_frappe_x1,deepfm_frappe_x1"
+    assert "optuna" in optuna.hydra.sweeper._target_.lower() and optuna.hydra.sweeper.direction == "maximize"
+    assert "task.learning_rate" in optuna.hydra.sweeper.params and optuna.data.name == "frappe_x1"
+    assert "joblib" in joblib.hydra.launcher._target_.lower()
+    GlobalHydra.instance().clear()

@@ -37,6 +37,8 @@ class CTRTask(L.LightningModule):
         self._net_params = [p for p in model.parameters() if id(p) not in embedding_params]
         self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
         self.history: list[dict[str, float]] = []
+        # The last full evaluation per stage (logits, labels), kept for reports (ROC, calibration).
+        self.last_predictions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._fit_start: float | None = None
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -72,6 +74,7 @@ class CTRTask(L.LightningModule):
     def _eval_end(self, stage: str) -> dict[str, float]:
         logits, labels, groups = (torch.cat(t) for t in zip(*self._outputs[stage]))
         self._outputs[stage].clear()
+        self.last_predictions[stage] = (logits, labels)
         metrics = ctr_metrics(logits, labels, groups)
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, prog_bar=(stage == "val"))
         return metrics

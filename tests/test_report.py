@@ -1,0 +1,94 @@
+"""`recsys report`: the collector's handling of bad metrics files, the leaderboard order and flags, the
+reference deltas, and an HTML report that carries its plots inline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.report import collect, leaderboard, markdown, reliability, report, roc_points
+
+
+def _metrics(model: str, val: float, test: float, **extra) -> dict:
+    return {
+        "run_id": f"id-{model}-{val}", "model": model, "dataset": "frappe_x1",
+        "val": {"auc": val, "logloss": 0.2, "gauc": val - 0.01}, "test": {"auc": test, "logloss": 0.21},
+        "best_epoch": 3, "epochs": 5, "train_seconds": 10.0, "train_samples_per_second": 1000.0, "num_parameters": 1234,
+        "selected_on": "valid", "history": [{"epoch": e, "auc": val - 0.01 * (4 - e), "lr": 1e-3} for e in range(5)],
+        "config": {"model": {"dim": 10}, "task": {"learning_rate": 1e-3}, "seed": 1}, **extra,
+    }
+
+
+def _write(root: Path, name: str, payload) -> Path:
+    (root / name).mkdir(parents=True)
+    text = payload if isinstance(payload, str) else json.dumps(payload)
+    (root / name / "metrics.json").write_text(text)
+    return root / name
+
+
+def test_collector_warns_on_corrupted_partial_missing_and_failed_runs(tmp_path) -> None:
+    _write(tmp_path, "good", _metrics("fm", 0.97, 0.968))
+    _write(tmp_path, "corrupt", '{"model": "fm", "val": {')
+    partial = _metrics("deepfm", 0.98, 0.979)
+    del partial["test"]
+    _write(tmp_path, "partial", partial)
+    (tmp_path / "interrupted" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "error.json").write_text(json.dumps({"error": "ValueError: boom"}))
+    found = collect(tmp_path)
+    assert [r["model"] for r in found.runs] == ["fm"]
+    text = "\n".join(found.warnings)
+    assert "corrupted metrics file" in text and "corrupt/metrics.json" in text
+    assert "partial metrics file" in text and "missing ['test']" in text
+    assert "no metrics.json in run folder" in text and "interrupted" in text
+    assert "failed run" in text and "ValueError: boom" in text
+
+
+def test_leaderboard_ranks_on_validation_flags_test_selection_and_shows_reference_delta(tmp_path) -> None:
+    runs = [_metrics("fm", 0.96, 0.99), _metrics("deepfm", 0.98, 0.97), _metrics("lr", 0.93, 0.93, selected_on="test")]
+    for r in runs:
+        r["path"] = str(tmp_path)
+    frame = leaderboard(runs, {("frappe_x1", "deepfm", "test_auc"): (0.984243, "BARS")})
+    assert frame["model"].to_list() == ["deepfm", "fm", "lr"]  # by val AUC, although fm has the best test AUC
+    assert frame["rank"].to_list() == [1, 2, 3]
+    assert frame["delta_vs_reference"][0] == pytest.approx(0.97 - 0.984243)
+    table = markdown(frame)
+    assert "SELECTED ON TEST" in table and table.count("SELECTED ON TEST") == 1
+
+
+def test_roc_and_reliability_points() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 2000).astype(float)
+    logits = rng.normal(labels * 1.5, 1.0)
+    fpr, tpr = roc_points(logits, labels)
+    assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1 and np.all(np.diff(fpr) >= 0)
+    area = np.trapezoid(tpr, fpr)
+    from sklearn.metrics import roc_auc_score
+
+    assert area == pytest.approx(roc_auc_score(labels, logits), abs=0.01)
+    mean_p, rate, count = reliability(logits, labels)
+    assert count.sum() == 2000 and np.all((mean_p >= 0) & (mean_p <= 1)) and np.all((rate >= 0) & (rate <= 1))
+
+
+def test_report_writes_csv_markdown_and_offline_html(tmp_path) -> None:
+    for model, val in (("fm", 0.97), ("deepfm", 0.98)):
+        run = _write(tmp_path / "runs", model, _metrics(model, val, val - 0.001))
+        rng = np.random.default_rng(1)
+        labels = rng.integers(0, 2, 500).astype(np.float32)
+        pl.DataFrame({"split": "test", "logit": rng.normal(labels, 1.0).astype(np.float32), "label": labels}).write_parquet(run / "predictions.parquet")
+    _write(tmp_path / "runs", "broken", "not json")
+    frame, collection = report(tmp_path / "runs", tmp_path / "out")
+    assert frame.height == 2 and len(collection.warnings) == 1
+    csv = pl.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert csv["model"].to_list() == ["deepfm", "fm"] and "reference_test_auc" in csv.columns
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("<svg") >= 4  # ROC, calibration, training curves, AUC vs parameters
+    import re
+
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing loaded from a CDN or the web
+    assert "<script" not in page
+    assert "corrupted metrics file" in page and "0.9841" in page  # BARS DeepFM reference is shown
