@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 USAGE = __doc__
+COMMANDS = ("train", "bench", "report")
 
 
 def _train_main() -> None:
@@ -37,8 +39,12 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
+    if command not in COMMANDS and os.environ.get("LOCAL_RANK") and "=" in command:
+        # A DDP worker: Lightning relaunches `python -m recsys.cli` with the overrides alone
+        # (the `train` word was consumed before Hydra saw sys.argv).
+        command, rest = "train", argv
     if command == "train":
-        sys.argv = [f"{sys.argv[0]} train", *rest]
+        sys.argv = [sys.argv[0], *rest]
         _train_main()
     elif command == "bench":
         from recsys.bench import main as bench_main

@@ -149,10 +149,16 @@ def frame_to_batch(frame: pl.DataFrame, schema: Schema) -> Batch:
 
 class BatchIterator:
     """Batches of a whole-split Batch by index slices. Shuffled with its own generator, reseeded per epoch
-    from (seed, epoch) so a resumed run sees the same order."""
+    from (seed, epoch) so a resumed run sees the same order.
 
-    def __init__(self, data: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False):
+    Under data parallelism (world_size > 1) every process draws the same global batches and keeps its
+    share of each (rows rank, rank + world_size, ...), so the global batch, and the averaged gradient,
+    match a single-process run with the same batch_size."""
+
+    def __init__(self, data: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
         self.data, self.batch_size, self.shuffle, self.seed, self.drop_last = data, batch_size, shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -168,7 +174,11 @@ class BatchIterator:
         for i in range(len(self)):
             start = i * self.batch_size
             stop = min(start + self.batch_size, n)
-            yield self.data.take(order[start:stop]) if self.shuffle else self.data.take(slice(start, stop))
+            if self.world_size > 1:
+                rows = (order[start:stop] if self.shuffle else torch.arange(start, stop))[self.rank :: self.world_size]
+                yield self.data.take(rows)
+            else:
+                yield self.data.take(order[start:stop]) if self.shuffle else self.data.take(slice(start, stop))
 
 
 class CTRDataModule(L.LightningDataModule):
@@ -188,11 +198,17 @@ class CTRDataModule(L.LightningDataModule):
         for split in SPLITS:
             self.load(split)
 
+    def _shard(self) -> dict[str, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size <= 1:
+            return {}
+        return {"rank": trainer.global_rank, "world_size": trainer.world_size}
+
     def train_dataloader(self) -> BatchIterator:
-        return BatchIterator(self.load("train"), self.batch_size, shuffle=True, seed=self.seed)
+        return BatchIterator(self.load("train"), self.batch_size, shuffle=True, seed=self.seed, **self._shard())
 
     def val_dataloader(self) -> BatchIterator:
-        return BatchIterator(self.load("valid"), self.eval_batch_size, shuffle=False)
+        return BatchIterator(self.load("valid"), self.eval_batch_size, shuffle=False, **self._shard())
 
     def test_dataloader(self) -> BatchIterator:
-        return BatchIterator(self.load("test"), self.eval_batch_size, shuffle=False)
+        return BatchIterator(self.load("test"), self.eval_batch_size, shuffle=False, **self._shard())

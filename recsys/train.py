@@ -116,7 +116,9 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "train_seconds": throughput.seconds,
         "fit_seconds": fit_seconds,
         "time_to_best_seconds": best["elapsed_seconds"] if best else None,
-        "train_samples_per_second": throughput.samples / throughput.seconds if throughput.seconds else None,
+        # Each process counts its own shard; together they trained world_size times as many rows.
+        "train_samples_per_second": throughput.samples * trainer.world_size / throughput.seconds if throughput.seconds else None,
+        "world_size": trainer.world_size,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "selected_on": "valid",
         "history": history,
@@ -126,9 +128,10 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "config": resolved,
         "environment": environment(),
     }
-    shutil.copytree(prepared.features_dir, output_dir / "features", dirs_exist_ok=True)
-    write_predictions(task, output_dir / "predictions.parquet")
-    write_json_atomic(output_dir / "metrics.json", metrics)
+    if trainer.is_global_zero:  # one writer under data parallelism
+        shutil.copytree(prepared.features_dir, output_dir / "features", dirs_exist_ok=True)
+        write_predictions(task, output_dir / "predictions.parquet")
+        write_json_atomic(output_dir / "metrics.json", metrics)
     log.info("%s on %s: val AUC %.4f, test AUC %.4f", metrics["model"], metrics["dataset"], metrics["val"]["auc"], metrics["test"]["auc"])
     return metrics
 

@@ -71,12 +71,24 @@ class CTRTask(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step("test", batch)
 
+    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate every process's evaluation outputs (padded to one length for all_gather), so each
+        process computes the metrics on the whole split."""
+        if self.trainer.world_size <= 1:
+            return tensor
+        sizes = self.all_gather(torch.tensor([tensor.numel()], device=self.device)).flatten().tolist()
+        padded = torch.zeros(max(sizes), dtype=tensor.dtype, device=self.device)
+        padded[: tensor.numel()] = tensor.to(self.device)
+        gathered = self.all_gather(padded)
+        return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)]).cpu()
+
     def _eval_end(self, stage: str) -> dict[str, float]:
-        logits, labels, groups = (torch.cat(t) for t in zip(*self._outputs[stage]))
+        logits, labels, groups = (self._gather(torch.cat(t)) for t in zip(*self._outputs[stage]))
         self._outputs[stage].clear()
         self.last_predictions[stage] = (logits, labels)
         metrics = ctr_metrics(logits, labels, groups)
-        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, prog_bar=(stage == "val"))
+        # Every process holds the same gathered metrics, so no further reduction is needed.
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, prog_bar=(stage == "val"), rank_zero_only=False)
         return metrics
 
     def on_fit_start(self) -> None:
