@@ -248,7 +248,7 @@ def _plots(dataset: str, part: pl.DataFrame, runs_by_path: dict[str, dict], top:
 def _hparams(run: dict[str, Any]) -> str:
     cfg = run.get("config") or {}
     picked = {"model": cfg.get("model"), "task": cfg.get("task"), "batch_size": (cfg.get("data") or {}).get("batch_size"), "seed": cfg.get("seed")}
-    return html.escape(json.dumps(picked, sort_keys=True, default=str))
+    return html.escape(json.dumps(picked, sort_keys=True, default=str, indent=1))
 
 
 def write_html(path: Path, frame: pl.DataFrame, collection: Collection, top: int) -> None:
@@ -257,7 +257,7 @@ def write_html(path: Path, frame: pl.DataFrame, collection: Collection, top: int
              "body{font-family:sans-serif;margin:2em;max-width:1400px} table{border-collapse:collapse;font-size:13px}",
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right} th{background:#f3f3f3} td.l{text-align:left}",
              ".warn{background:#fff3cd;padding:.6em;border:1px solid #e0c36c} .flag{color:#b00;font-weight:bold}",
-             ".plots{display:flex;flex-wrap:wrap;gap:1em} .plots figure{margin:0} code{font-size:11px}</style></head><body>",
+             ".plots{display:flex;flex-wrap:wrap;gap:1em} .plots figure{margin:0} code{font-size:11px;display:block;max-width:420px;white-space:pre-wrap}</style></head><body>",
              "<h1>recsys-zoo report</h1>",
              "<p>Ranked by <b>validation</b> AUC within each dataset; test AUC is reported, never used for selection. "
              "A run whose selection used the test split is flagged.</p>"]
@@ -274,7 +274,8 @@ def write_html(path: Path, frame: pl.DataFrame, collection: Collection, top: int
             flags = _flags(row)
             cells = [_fmt(row[c], 4 if ("auc" in c or "logloss" in c or "delta" in c) else 1) for c in cols[:-2]]
             parts.append("<tr>" + "".join(f"<td{' class=l' if i == 1 else ''}>{html.escape(c)}</td>" for i, c in enumerate(cells))
-                         + f"<td class='l flag'>{html.escape(flags)}</td><td class=l><code>{_hparams(runs_by_path[row['path']])}</code></td></tr>")
+                         + f"<td class='l flag'>{html.escape(flags)}</td><td class=l><details><summary>show</summary>"
+                         f"<code>{_hparams(runs_by_path[row['path']])}</code></details></td></tr>")
         parts.append("</table><div class='plots'>")
         for title, svg in _plots(str(dataset), part, runs_by_path, top):
             parts.append(f"<figure><figcaption>{html.escape(title)}</figcaption>{svg}</figure>")
