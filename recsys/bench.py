@@ -150,7 +150,7 @@ def run_peer_deepctr(args: argparse.Namespace) -> dict[str, Any]:
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     from recsys.train import train
 
-    out = Path(args.out) / f"ours_{args.model}"
+    out = Path(args.out) / (f"ours_{args.model}" + (f"_{args.precision}" if args.precision else ""))
     overrides = [f"experiment={args.model}_frappe_x1", f"paths.output_dir={out}", "trainer.enable_progress_bar=false",
                  f"trainer.max_epochs={args.max_epochs}", f"seed={args.seed}"]
     if args.precision:
@@ -182,7 +182,7 @@ def run_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     common = ["--out", str(out), "--max-epochs", str(args.max_epochs), "--seed", str(args.seed)]
     steps = [["_ours", "--model", "finalmlp", *common], ["_ours", "--model", "deepfm", *common]]
     if args.precision:
-        steps.append(["_ours", "--model", "deepfm", "--precision", args.precision, *common])
+        steps += [["_ours", "--model", m, "--precision", args.precision, *common] for m in ("finalmlp", "deepfm")]
     steps.append(["_peer_deepctr", *common])
     results = [_in_subprocess(step) for step in tqdm(steps, desc="throughput", unit="run")]
     peer = results[-1]
@@ -210,7 +210,7 @@ def main(argv: list[str]) -> None:
     thr = sub.add_parser("throughput", help="our training throughput against DeepCTR-Torch on Frappe_x1")
     thr.add_argument("--max-epochs", type=int, default=100)
     thr.add_argument("--seed", type=int, default=2021)
-    thr.add_argument("--precision", default=None, help="also run our DeepFM at this Lightning precision, e.g. bf16-mixed")
+    thr.add_argument("--precision", default=None, help="also run our two models at this Lightning precision, e.g. bf16-mixed")
     thr.add_argument("--out", default=None)
     for hidden, fn in (("_ours", run_ours), ("_peer_deepctr", run_peer_deepctr)):
         p = sub.add_parser(hidden)
