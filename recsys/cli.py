@@ -28,7 +28,7 @@ def _train_main() -> None:
 
         hydra_cfg = HydraConfig.get()
         sweep_dir = hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None
-        return train_or_resume(cfg, hydra_cfg.runtime.output_dir, sweep_dir)
+        return train_or_resume(cfg, cfg.paths.output_dir, sweep_dir)
 
     run()
 
@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> None:
         # (the `train` word was consumed before Hydra saw sys.argv).
         command, rest = "train", argv
     if command == "train":
+        # `paths.output_dir=DIR` names the run's folder: make it Hydra's run folder too, so the run's
+        # log and config land beside its metrics (unless Hydra's folder is set explicitly).
+        out = [a.split("=", 1)[1] for a in rest if a.startswith("paths.output_dir=")]
+        if out and not any(a.startswith(("hydra.run.dir=", "-m", "--multirun")) for a in rest):
+            rest = [*rest, f"hydra.run.dir={out[-1]}"]
         sys.argv = [sys.argv[0], *rest]
         _train_main()
     elif command == "bench":

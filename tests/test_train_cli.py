@@ -29,7 +29,7 @@ def test_train_writes_metrics_checkpoint_and_features(tmp_path) -> None:
     assert metrics["model"] == "fm" and metrics["dataset"] == "synthetic_ctr" and metrics["synthetic_data"] is True
     assert {"auc", "logloss", "gauc"} <= set(metrics["val"]) and {"auc", "logloss"} <= set(metrics["test"])
     assert 0.5 < metrics["val"]["auc"] <= 1.0 and metrics["epochs"] == 2 and metrics["num_parameters"] > 0
-    assert (out / metrics["checkpoint"]).exists()
+    assert (out / metrics["checkpoint"]).exists() and (out / ".hydra" / "config.yaml").exists()
     assert (out / "features" / "schema.json").exists() and (out / "features" / "vocab" / "item.parquet").exists()
     assert metrics["selected_on"] == "valid" and len(metrics["history"]) == 2
     assert len(metrics["run_id"]) == 12 and "torch" in metrics["environment"]["packages"]
@@ -78,6 +78,7 @@ def test_sweep_resumes_finished_runs_and_records_failures(tmp_path) -> None:
     finished = list(sweep.rglob("metrics.json"))
     failed = list(sweep.rglob("error.json"))
     assert len(finished) == 1 and len(failed) == 1  # a negative learning rate fails; the sweep goes on
+    assert (finished[0].parent / "checkpoints" / "best.ckpt").exists()  # each job keeps its own files
     assert "learning rate" in json.loads(failed[0].read_text())["error"].lower()
     stamp = finished[0].stat().st_mtime_ns
     second = _recsys(*args, cwd=tmp_path)
