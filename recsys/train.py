@@ -162,7 +162,9 @@ def train_or_resume(cfg: DictConfig, output_dir: str | Path, sweep_dir: str | Pa
             log.info("run %s already finished (%s): skipped", rid, done.get("model"))
             return float(done["val"]["auc"])
     try:
-        return float(train(cfg, output_dir)["val"]["auc"])
+        val_auc = float(train(cfg, output_dir)["val"]["auc"])
+        (Path(output_dir) / "error.json").unlink(missing_ok=True)  # a retry that succeeded
+        return val_auc
     except Exception as err:
         if sweep_dir is None:
             raise
