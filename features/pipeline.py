@@ -99,10 +99,8 @@ class FeaturePipeline:
 
     @staticmethod
     def _numeric(f: FieldSpec) -> pl.Expr:
-        try:
-            return pl.col(f.source).cast(pl.Float64, strict=True)
-        except Exception as err:  # pragma: no cover - cast errors surface at collect time
-            raise FeatureError(f"numeric field {f.name!r}: {err}") from err
+        # Strict: a value that is not a number fails at collect time, where _collect names the field.
+        return pl.col(f.source).cast(pl.Float64, strict=True)
 
     @staticmethod
     def _tokens(f: FieldSpec, kind: str) -> pl.Expr:

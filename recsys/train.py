@@ -58,6 +58,12 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _relative(path: str, root: Path) -> str:
+    """`path` relative to the run folder when it lies inside it (so a run folder can be moved)."""
+    resolved, base = Path(path).resolve(), root.resolve()
+    return str(resolved.relative_to(base)) if resolved.is_relative_to(base) else str(resolved)
+
+
 def write_predictions(task: CTRTask, path: Path) -> None:
     """Validation and test scores of the selected checkpoint, for ROC and calibration plots."""
     frames = [
@@ -122,7 +128,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "selected_on": "valid",
         "history": history,
-        "checkpoint": str(Path(checkpoint.best_model_path).relative_to(output_dir)) if ckpt and Path(checkpoint.best_model_path).is_relative_to(output_dir) else (checkpoint.best_model_path if ckpt else None),
+        "checkpoint": _relative(checkpoint.best_model_path, output_dir) if ckpt else None,
         "features": "features",
         "predictions": "predictions.parquet",
         "config": resolved,
