@@ -119,3 +119,19 @@ def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path) -> None:
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert abs(one["val"]["auc"] - two["val"]["auc"]) < 1e-3, (one["val"], two["val"])
     assert [round(h["auc"], 3) for h in one["history"]] == [round(h["auc"], 3) for h in two["history"]]
+
+
+def test_optuna_sweep_runs_trials_and_maximises_validation_auc(tmp_path) -> None:
+    sweep = tmp_path / "optuna"
+    proc = _recsys(
+        "train", "-m", "model=finalmlp", "data=synthetic", "data.synthetic.n_train=2000", "data.synthetic.n_valid=500",
+        "data.synthetic.n_test=500", "model.fs1_context=[]", "model.fs2_context=[]", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", "hparams_search=finalmlp_optuna", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(p.read_text()) for p in sweep.rglob("metrics.json")]
+    assert len(runs) == 2 and len({r["run_id"] for r in runs}) == 2  # two different sampled settings
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_value" in best and f"{max(r['val']['auc'] for r in runs):.6f}"[:6] in best
