@@ -201,10 +201,10 @@ def _plots(dataset: str, part: pl.DataFrame, runs_by_path: dict[str, dict], top:
             continue
         logits, labels = preds["logit"].to_numpy(), preds["label"].to_numpy()
         fpr, tpr = roc_points(logits, labels)
-        label = f"{row['model']} ({row['test_auc']:.4f})"
+        label = f"{row['model']} {row['run_id'][:6]} ({row['test_auc']:.4f})"
         ax_roc.plot(fpr, tpr, label=label)
         mp, rate, _ = reliability(logits, labels)
-        ax_cal.plot(mp, rate, marker="o", label=row["model"])
+        ax_cal.plot(mp, rate, marker="o", label=f"{row['model']} {row['run_id'][:6]}")
         drew = True
     if drew:
         ax_roc.plot([0, 1], [0, 1], ls=":", c="grey")
@@ -245,6 +245,35 @@ def _plots(dataset: str, part: pl.DataFrame, runs_by_path: dict[str, dict], top:
     return figures
 
 
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(config, dict):
+        return {prefix: json.dumps(config, default=str)}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
+
+
+IGNORED_SETTINGS = ("model._target_", "data.fields", "data.root", "trainer.default_root_dir", "trainer.enable_progress_bar")
+
+
+def varying_settings(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """Per run path, the settings whose values differ between runs of the same model (what a sweep varied)."""
+    flats: dict[str, dict[str, Any]] = {}
+    model_of: dict[str, str] = {}
+    for r in runs:
+        cfg = r.get("config") or {}
+        picked = {k: cfg.get(k) for k in ("model", "task", "data", "seed", "trainer") if k in cfg}
+        flats[r["path"]] = {k.rstrip("."): v for k, v in _flat(picked).items() if not k.startswith(IGNORED_SETTINGS)}
+        model_of[r["path"]] = r["model"]
+    out = {}
+    for path, flat in flats.items():
+        peers = [f for p, f in flats.items() if model_of[p] == model_of[path]]
+        varying = [k for k in sorted(flat) if len({f.get(k) for f in peers}) > 1]
+        out[path] = ", ".join(f"{k}={flat[k]}" for k in varying)
+    return out
+
+
 def _hparams(run: dict[str, Any]) -> str:
     cfg = run.get("config") or {}
     picked = {"model": cfg.get("model"), "task": cfg.get("task"), "batch_size": (cfg.get("data") or {}).get("batch_size"), "seed": cfg.get("seed")}
@@ -267,14 +296,16 @@ def write_html(path: Path, frame: pl.DataFrame, collection: Collection, top: int
         parts.append("<p>No complete runs found.</p>")
     for (dataset,), part in ([] if frame.is_empty() else frame.group_by(["dataset"], maintain_order=True)):
         parts.append(f"<h2>{html.escape(str(dataset))}</h2><table><tr>")
+        differs = varying_settings([runs_by_path[p] for p in part["path"].to_list()])
         cols = ["rank", "model", "val_auc", "test_auc", "val_gauc", "test_logloss", "num_parameters", "train_seconds",
-                "train_samples_per_second", "latency_ms", "reference_test_auc", "delta_vs_reference", "flags", "hyper-parameters"]
+                "train_samples_per_second", "latency_ms", "reference_test_auc", "delta_vs_reference", "flags", "settings that differ", "hyper-parameters"]
         parts.append("".join(f"<th>{c}</th>" for c in cols) + "</tr>")
         for row in part.iter_rows(named=True):
             flags = _flags(row)
-            cells = [_fmt(row[c], 4 if ("auc" in c or "logloss" in c or "delta" in c) else 1) for c in cols[:-2]]
+            cells = [_fmt(row[c], 4 if ("auc" in c or "logloss" in c or "delta" in c) else 1) for c in cols[:-3]]
             parts.append("<tr>" + "".join(f"<td{' class=l' if i == 1 else ''}>{html.escape(c)}</td>" for i, c in enumerate(cells))
-                         + f"<td class='l flag'>{html.escape(flags)}</td><td class=l><details><summary>show</summary>"
+                         + f"<td class='l flag'>{html.escape(flags)}</td><td class=l>{html.escape(differs.get(row['path'], ''))}</td>"
+                         + "<td class=l><details><summary>show</summary>"
                          f"<code>{_hparams(runs_by_path[row['path']])}</code></details></td></tr>")
         parts.append("</table><div class='plots'>")
         for title, svg in _plots(str(dataset), part, runs_by_path, top):

@@ -91,4 +91,13 @@ def test_report_writes_csv_markdown_and_offline_html(tmp_path) -> None:
 
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing loaded from a CDN or the web
     assert "<script" not in page
-    assert "corrupted metrics file" in page and "0.9841" in page  # BARS DeepFM reference is shown
+    assert "corrupted metrics file" in page and "0.9842" in page  # BARS DeepFM reference is shown
+
+
+def test_varying_settings_names_only_what_differs() -> None:
+    from recsys.report import varying_settings
+
+    a, b = _metrics("fm", 0.9, 0.9), _metrics("fm", 0.91, 0.9)
+    b["config"] = {"model": {"dim": 10}, "task": {"learning_rate": 3e-3}, "seed": 1}
+    a["path"], b["path"] = "a", "b"
+    assert varying_settings([a, b]) == {"a": "task.learning_rate=0.001", "b": "task.learning_rate=0.003"}
