@@ -64,8 +64,8 @@ class FeaturePipeline:
         present = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
         kinds = {name: _dtype_kind(dtype) for name, dtype in present.items()}
         for f in self.schema.fields:
-            if f.kind == "label" and not need_label:
-                continue
+            if f.kind in ("label", "group") and not need_label:
+                continue  # serving requests carry neither
             if f.source not in kinds:
                 raise FeatureError(
                     f"{context}: column {f.source!r} (field {f.name!r}) is missing; "
@@ -199,16 +199,17 @@ class FeaturePipeline:
 
     # ------------------------------------------------------------------ transform
     def transform(self, frame: Frame, *, require_label: bool = True) -> pl.LazyFrame:
-        """A lazy frame of model-ready columns. `require_label=False` is for serving requests."""
+        """A lazy frame of model-ready columns. `require_label=False` is for serving requests: the label
+        and group columns are then optional, and left out when absent."""
         if not self.fitted:
             raise FeatureError("transform before fit: call fit() or load() first")
         lf = frame.lazy()
         kinds = self._check_columns(lf, need_label=require_label, context="transform")
         outputs: list[str] = []
         for f in self.schema.fields:
+            if f.kind in ("label", "group") and f.source not in kinds:
+                continue
             if f.kind == "label":
-                if f.source not in kinds:
-                    continue
                 # Values outside {0, 1} become NaN, which `check_labels` and the data module refuse.
                 y = pl.col(f.source).cast(pl.Float64, strict=False)
                 lf = lf.with_columns(
@@ -311,10 +312,8 @@ class FeaturePipeline:
                     raise FeatureError(
                         f"field {f.source!r} needs a number; record {bad[0]} has {columns[f.source][bad[0]]!r}"
                     )
-        keep = [f for f in self.schema.fields if f.kind not in ("label", "group")]
-        sub = FeaturePipeline.__new__(FeaturePipeline)
-        sub.schema, sub.vocabs, sub.fitted = Schema(keep), self.vocabs, True
-        return sub.transform(frame, require_label=False).collect()
+        targets = [f.name for f in self.schema.fields if f.kind in ("label", "group")]
+        return self.transform(frame, require_label=False).collect().drop(targets, strict=False)
 
     # ------------------------------------------------------------------ artifacts
     def save(self, directory: str | Path) -> Path:

@@ -121,9 +121,10 @@ def test_transform_records_matches_the_batch_transform() -> None:
         {"name": "hist", "kind": "sequence", "max_len": 4, "share_vocab_with": "item"},
         {"name": "price", "kind": "numeric", "norm": "standard", "fill": "mean"},
     ]
+    fields.append({"name": "group_user", "kind": "group", "source": "user"})
     frame = _train()
     pipe = FeaturePipeline(fields).fit(frame)
-    offline = pipe.transform(frame).collect().drop("label")
+    offline = pipe.transform(frame).collect().drop("label", "group_user")
     online = pipe.transform_records(frame.drop("label").to_dicts())
     assert online.equals(offline)
 
