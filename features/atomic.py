@@ -1,7 +1,8 @@
-"""Writing a folder so that readers see all of it or none of it, even if the writer is interrupted."""
+"""Writing a folder or a file so that readers see all of it or none of it, even if the writer is interrupted."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -24,4 +25,17 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, payload: object) -> None:
+    """Write JSON to `path` through a temporary file renamed into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, default=float)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise

@@ -43,19 +43,6 @@ def compose_train_config(overrides: list[str]):  # noqa: ANN201 - DictConfig
     return cfg
 
 
-def leaderboard_table(rows: list[dict[str, Any]]) -> str:
-    header = "| rank | model | val AUC | test AUC | val logloss | test logloss | best epoch | epochs | train s | samples/s | params |"
-    lines = [header, "|" + "---|" * 11]
-    ranked = sorted(rows, key=lambda r: -r["val"]["auc"])  # selection on validation, never test
-    for i, r in enumerate(ranked, 1):
-        lines.append(
-            f"| {i} | {r['model']} | {r['val']['auc']:.4f} | {r['test']['auc']:.4f} | {r['val']['logloss']:.4f} | "
-            f"{r['test']['logloss']:.4f} | {r['best_epoch']} | {r['epochs']} | {r['train_seconds']:.1f} | "
-            f"{r['train_samples_per_second']:,.0f} | {r['num_parameters']:,} |"
-        )
-    return "\n".join(lines)
-
-
 def run_zoo(args: argparse.Namespace) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
@@ -79,10 +66,14 @@ def run_zoo(args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.max_epochs:
             overrides.append(f"trainer.max_epochs={args.max_epochs}")
         rows.append(train(compose_train_config(overrides), out / model))
-    table = leaderboard_table(rows)
+    # The same collector and tables as `recsys report`, so the zoo also gets the HTML report.
+    from recsys.report import markdown, report
+
+    frame, _ = report(out, out / "report")
     title = f"Leaderboard on {data}" + (" (SYNTHETIC data)" if data == "synthetic" else "")
-    (out / "leaderboard.md").write_text(f"# {title}\n\n{table}\n")
-    print(f"\n{title}\n{table}\n\nwritten to {out / 'leaderboard.md'}")
+    table = markdown(frame)
+    (out / "leaderboard.md").write_text(f"# {title}\n\n{table}")
+    print(f"\n{title}\n{table}\nwritten to {out / 'leaderboard.md'} and {out / 'report' / 'report.html'}")
     return rows
 
 

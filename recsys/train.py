@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.data import CTRDataModule, prepare_dataset
 from recsys.features import Schema
+from recsys.features.atomic import write_json_atomic
 from recsys.runinfo import environment, run_id
 from recsys.tasks.ctr import CTRTask
 
@@ -49,13 +48,6 @@ class TrainThroughput(L.Callback):
         if self._start is not None:  # no validation ran this epoch
             self.seconds += time.perf_counter() - self._start
             self._start = None
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, default=float)
-    os.replace(tmp, path)
 
 
 def _relative(path: str, root: Path) -> str:
