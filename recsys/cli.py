@@ -4,6 +4,9 @@
     recsys bench zoo [--data ...]         the zoo's models on one dataset, and a leaderboard
     recsys bench throughput [...]         our training speed against DeepCTR-Torch, side by side
     recsys report RUNS_DIR [...]          leaderboard (CSV, Markdown) and an HTML report of many runs
+    recsys export run_dir=DIR out=DIR     ONNX export of a run, with a parity check against PyTorch
+    recsys serve EXPORT_DIR [...]         the HTTP scoring endpoint (ONNX Runtime; --backend torch to compare)
+    recsys bench serve --run NAME=DIR     load benchmark of the endpoint, ONNX against PyTorch eager
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 import sys
 
 USAGE = __doc__
-COMMANDS = ("train", "bench", "report")
+COMMANDS = ("train", "bench", "report", "export", "serve")
 
 
 def _train_main() -> None:
@@ -31,6 +34,55 @@ def _train_main() -> None:
         return train_or_resume(cfg, cfg.paths.output_dir, sweep_dir)
 
     run()
+
+
+def _export_main(args: list[str]) -> None:
+    """`recsys export run_dir=DIR out=DIR [rows=N] [cache_dir=DIR]`, in the key=value style of `train`."""
+    allowed = {"run_dir", "out", "rows", "cache_dir"}
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    unknown = [a for a in args if "=" not in a or a.split("=", 1)[0] not in allowed]
+    if unknown or not {"run_dir", "out"} <= options.keys():
+        print(f"usage: recsys export run_dir=DIR out=EXPORT_DIR [rows=N] [cache_dir=DIR] (not understood: {unknown})", file=sys.stderr)
+        sys.exit(2)
+    import logging
+
+    from recsys.serving.export import PARITY_ROWS, ExportError, export_run
+    from recsys.serving.runs import RunError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        meta = export_run(options["run_dir"], options["out"], rows=int(options.get("rows", PARITY_ROWS)), cache_dir=options.get("cache_dir"))
+    except (ExportError, RunError) as err:
+        print(f"recsys export: refused: {err}", file=sys.stderr)
+        sys.exit(1)
+    p = meta["parity"]
+    print(f"exported {meta['model']} ({meta['version']}) to {options['out']}: {p['rows']} validation rows, "
+          f"max |onnx - torch| {p['max_abs_diff']:.2g}, AUC torch {p.get('auc_torch', float('nan')):.6f} onnx {p.get('auc_onnx', float('nan')):.6f}")
+
+
+def _serve_main(args: list[str]) -> None:
+    import argparse
+
+    from recsys.serving.app import Limits, serve
+
+    defaults = Limits()
+    parser = argparse.ArgumentParser(prog="recsys serve", description="HTTP scoring endpoint on an export folder")
+    parser.add_argument("source", help="an export folder (recsys export); a run folder with --backend torch")
+    parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--token", default=os.environ.get("RECSYS_SERVE_TOKEN"),
+                        help="require 'Authorization: Bearer TOKEN' (default: $RECSYS_SERVE_TOKEN, else none)")
+    parser.add_argument("--max-instances", type=int, default=defaults.max_instances)
+    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    parser.add_argument("--max-sequence-items", type=int, default=defaults.max_sequence_items)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per inference call")
+    a = parser.parse_args(args)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(a.source, backend=a.backend, host=a.host, port=a.port, token=a.token or None, threads=a.threads,
+          limits=Limits(a.max_instances, a.max_body_bytes, a.max_sequence_items))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
         from recsys.report import main as report_main
 
         report_main(rest)
+    elif command == "export":
+        _export_main(rest)
+    elif command == "serve":
+        _serve_main(rest)
     else:
         print(f"recsys: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)

@@ -42,6 +42,11 @@ class PreparedData:
     def split_path(self, split: str) -> Path:
         return self.directory / f"{split}.parquet"
 
+    @property
+    def fingerprint(self) -> str:
+        """The digest of the field config, raw files and feature code version that keys this cache."""
+        return self.directory.name.rsplit("-", 1)[-1]
+
     def schema(self) -> Schema:
         return Schema.load(self.features_dir / FeaturePipeline.SCHEMA_FILE)
 

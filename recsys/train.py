@@ -107,6 +107,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "model": cfg.model_name,
         "dataset": prepared.name,
         "synthetic_data": prepared.synthetic,
+        "data_fingerprint": prepared.fingerprint,
         "val": {k.split("/", 1)[1]: v for k, v in val.items()},
         "test": {k.split("/", 1)[1]: v for k, v in test.items()},
         "best_epoch": best["epoch"] if best else None,

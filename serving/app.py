@@ -1,0 +1,252 @@
+"""The scoring endpoint: Starlette on uvicorn, scoring on ONNX Runtime (or PyTorch eager, to compare).
+
+    POST /v1/score      {"instances": [{field: raw value, ...}, ...], "context": {...}?}
+                        -> {"scores": [...], "model": ..., "version": ...}
+    GET  /v1/model      metadata, the expected input fields, the limits
+    GET  /healthz       the process answers
+    GET  /readyz        a model is loaded
+    GET  /metrics       Prometheus text format
+    POST /admin/reload  load the model folder again and swap (SIGHUP does the same)
+
+Every bad input gets a 4xx with {"error": {"code": ..., "message": ...}}; nothing a client sends can
+raise past a handler. With a bearer token set, every route except /healthz and /readyz requires it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from recsys.features import FeatureError
+from recsys.serving.backends import LoadedModel
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Request], Awaitable[Response]]
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_instances: int = 1000
+    max_body_bytes: int = 1 << 20
+    # A raw sequence longer than this is refused (422); up to it, the model's most recent max_len
+    # items are kept, as in training.
+    max_sequence_items: int = 1000
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class ModelHolder:
+    """The one reference to the current LoadedModel. A reload builds the new model completely, then
+    replaces the reference in one assignment; requests already running hold the old object and finish
+    on it, and the old model is freed when the last of them lets go."""
+
+    def __init__(self, loader: Callable[[], LoadedModel]):
+        self._loader = loader
+        self._lock = threading.Lock()  # one reload at a time
+        self.current: LoadedModel = loader()
+
+    def reload(self) -> tuple[LoadedModel, LoadedModel]:
+        with self._lock:
+            new = self._loader()
+            old, self.current = self.current, new
+            return old, new
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("recsys_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry)
+        self.latency = Histogram("recsys_request_latency_seconds", "Request latency, body read to response built", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.errors = Counter("recsys_request_errors", "Requests answered with an error, by code", ["route", "code"], registry=self.registry)
+        self.instances = Counter("recsys_instances_scored", "Instances scored", registry=self.registry)
+        self.reloads = Counter("recsys_model_reloads", "Model reloads by outcome", ["outcome"], registry=self.registry)
+        self.model_info = Gauge("recsys_model_info", "The model being served (value 1)", ["model", "version", "backend"], registry=self.registry)
+
+    def serving(self, model: LoadedModel) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model.name, model.version, model.backend).set(1)
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(holder: ModelHolder, limits: Limits = Limits(), token: str | None = None) -> Starlette:
+    metrics = Metrics()
+    metrics.serving(holder.current)
+    expected_auth = f"Bearer {token}".encode() if token else None
+
+    def route(path: str, name: str, handler: Handler, methods: list[str], *, guarded: bool = True) -> Route:
+        async def endpoint(request: Request) -> Response:
+            start = time.perf_counter()
+            try:
+                if guarded and expected_auth is not None:
+                    given = request.headers.get("authorization", "").encode()
+                    if not hmac.compare_digest(given, expected_auth):
+                        raise BadRequest(401, "unauthorized", "this route needs the header 'Authorization: Bearer <token>'")
+                response = await handler(request)
+            except BadRequest as err:
+                metrics.errors.labels(name, err.code).inc()
+                response = error_response(err.status, err.code, err.message)
+            except Exception:  # a bug, not bad input: answer 500 and keep the worker alive
+                log.exception("%s failed", path)
+                metrics.errors.labels(name, "internal").inc()
+                response = error_response(500, "internal", "internal error; the server log has the traceback")
+            metrics.latency.labels(name).observe(time.perf_counter() - start)
+            metrics.requests.labels(name, str(response.status_code)).inc()
+            return response
+
+        return Route(path, endpoint, methods=methods, name=name)
+
+    async def read_json(request: Request) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
+            raise BadRequest(413, "body_too_large", f"the body is {length} bytes; the limit is {limits.max_body_bytes}")
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise BadRequest(413, "body_too_large", f"the body is over the limit of {limits.max_body_bytes} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise BadRequest(400, "client_disconnected", "the client went away before sending the whole body") from None
+        try:
+            return json.loads(b"".join(chunks))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BadRequest(400, "malformed_json", f"the body is not valid JSON: {err}") from None
+
+    def instances_of(payload: Any) -> list[dict[str, Any]]:
+        if not isinstance(payload, dict) or "instances" not in payload:
+            raise BadRequest(422, "missing_instances", 'the body must be an object with "instances": [{field: value, ...}, ...]')
+        instances, context = payload["instances"], payload.get("context")
+        if not isinstance(instances, list) or not instances:
+            raise BadRequest(422, "bad_instances", '"instances" must be a non-empty list of objects')
+        if len(instances) > limits.max_instances:
+            raise BadRequest(422, "too_many_instances", f"{len(instances)} instances; at most {limits.max_instances} per request")
+        if context is None:
+            return instances
+        if not isinstance(context, dict):
+            raise BadRequest(422, "bad_context", '"context" must be an object of field values shared by every instance')
+        for i, instance in enumerate(instances):
+            if not isinstance(instance, dict):
+                raise BadRequest(422, "bad_instance", f"instance {i} is a {type(instance).__name__}, not an object")
+        # One user with many candidates: the user's fields (history included) are sent once.
+        return [{**context, **instance} for instance in instances]
+
+    async def score(request: Request) -> Response:
+        model = holder.current  # this request's model, whatever a reload does meanwhile
+        instances = instances_of(await read_json(request))
+        try:
+            # Off the event loop: encoding holds the GIL briefly, ONNX Runtime releases it while it runs.
+            scores = await anyio.to_thread.run_sync(model.score_records, instances, limits.max_sequence_items)
+        except FeatureError as err:
+            code = "sequence_too_long" if "items; at most" in str(err) else "bad_instance"
+            raise BadRequest(422, code, str(err)) from None
+        metrics.instances.inc(len(scores))
+        return JSONResponse({"scores": scores, "model": model.name, "version": model.version})
+
+    async def describe(request: Request) -> Response:
+        return JSONResponse({**holder.current.describe(), "limits": asdict(limits)})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        model = holder.current
+        return JSONResponse({"status": "ready", "model": model.name, "version": model.version})
+
+    async def export_metrics(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def reload_now() -> dict[str, str]:
+        try:
+            old, new = holder.reload()
+        except Exception as err:
+            metrics.reloads.labels("failed").inc()
+            log.exception("reload failed; still serving %s", holder.current.version)
+            raise BadRequest(503, "reload_failed", f"reload failed, still serving {holder.current.version}: {err}") from None
+        metrics.reloads.labels("ok").inc()
+        metrics.serving(new)
+        log.info("reloaded: %s -> %s", old.version, new.version)
+        return {"model": new.name, "version": new.version, "previous_version": old.version}
+
+    async def reload(request: Request) -> Response:
+        return JSONResponse(await anyio.to_thread.run_sync(reload_now))
+
+    def on_sighup() -> None:
+        async def run() -> None:
+            try:
+                await anyio.to_thread.run_sync(reload_now)
+            except BadRequest:
+                pass  # logged and counted by reload_now
+        asyncio.get_running_loop().create_task(run())
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error_response(exc.status_code, "http_error", f"{request.method} {request.url.path}: {exc.detail}")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):  # noqa: ANN202
+        loop = asyncio.get_running_loop()
+        if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        yield
+
+    routes = [
+        route("/v1/score", "score", score, ["POST"]),
+        route("/v1/model", "model", describe, ["GET"]),
+        route("/healthz", "healthz", healthz, ["GET"], guarded=False),
+        route("/readyz", "readyz", readyz, ["GET"], guarded=False),
+        route("/metrics", "metrics", export_metrics, ["GET"]),
+        route("/admin/reload", "reload", reload, ["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+
+
+def serve(source: str, *, backend: str = "onnx", host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          limits: Limits = Limits(), threads: int = 1) -> None:
+    """Load `source` (an export folder, or a run folder for the torch backend) and serve it until
+    SIGINT/SIGTERM."""
+    import uvicorn
+
+    from recsys.serving.backends import load_export, load_torch_run
+
+    loaders = {"onnx": load_export, "torch": load_torch_run}
+    if backend not in loaders:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {sorted(loaders)}")
+    holder = ModelHolder(lambda: loaders[backend](source, threads=threads))
+    app = create_app(holder, limits, token)
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    model = holder.current
+    print(f"serving {model.name} {model.version} ({model.backend} on {model.device}) at http://{host}:{port}", flush=True)
+    uvicorn.run(app, host=host, port=port, loop=loop, http="httptools", access_log=False, log_level="warning",
+                timeout_graceful_shutdown=10)

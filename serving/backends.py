@@ -1,0 +1,128 @@
+"""What the endpoint scores with: the feature encoder plus one of two backends, loaded as one object so
+that a reload swaps both together.
+
+- `load_export(EXPORT_DIR)`: ONNX Runtime on an export (`recsys export`). CPU provider; on a machine
+  whose onnxruntime has the CUDA provider, CUDA with I/O binding (inputs bound from host memory, the
+  output bound to host memory, so ORT does each copy once and without extra allocations).
+- `load_torch_run(RUN_DIR)`: PyTorch eager on the run folder itself, for the load benchmark's
+  side-by-side comparison and for checking the export.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.batch import INPUT_NAMES
+from recsys.features import FeaturePipeline, FieldSpec
+from recsys.features.records import RecordEncoder
+from recsys.serving.export import FEATURES_DIR, METADATA_FILE, MODEL_FILE, OUTPUT_NAME
+
+Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class LoadedModel:
+    """One loaded model version. A request takes a reference to it once and uses only that, so a reload
+    (which builds a new LoadedModel and swaps the reference) never mixes two versions in one request."""
+
+    name: str
+    version: str
+    backend: str
+    metadata: dict[str, Any]
+    encoder: RecordEncoder
+    scorer: Scorer
+    device: str = "cpu"
+    source: str = ""
+
+    def score_records(self, records: Sequence[Mapping[str, Any]], max_sequence_items: int | None = None) -> list[float]:
+        sparse, dense, seq = self.encoder.encode(records, max_sequence_items=max_sequence_items)
+        return self.scorer(sparse, dense, seq).tolist()
+
+    def describe(self) -> dict[str, Any]:
+        """What `GET /v1/model` shows: the metadata and the raw fields a request must carry."""
+        return {
+            "model": self.name,
+            "version": self.version,
+            "backend": self.backend,
+            "device": self.device,
+            "source": self.source,
+            "input_fields": [describe_field(f) for f in self.encoder.input_fields],
+            "metadata": self.metadata,
+        }
+
+
+def describe_field(f: FieldSpec) -> dict[str, Any]:
+    if f.kind == "sequence":
+        kind = {"type": "sequence", "accepts": f"a list of tokens or a {f.sep!r}-delimited string", "max_len": f.max_len, "sep": f.sep}
+    elif f.is_dense or f.buckets:
+        kind = {"type": "numeric", "accepts": "a number or a numeric string; null takes the fitted fill"}
+    else:
+        kind = {"type": "categorical", "accepts": "a string or a number; unseen values are out-of-vocabulary"}
+    return {"name": f.source, **kind}
+
+
+def _onnx_scorer(path: Path, threads: int) -> tuple[Scorer, str]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # On 2 cores with concurrent requests, parallelism comes from requests running side by side in
+    # threads (ORT releases the GIL); one intra-op thread each avoids oversubscription (README).
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        session = ort.InferenceSession(str(path), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+        def score_cuda(sparse: np.ndarray, dense: np.ndarray, seq: np.ndarray) -> np.ndarray:
+            binding = session.io_binding()  # one per call: an IOBinding is not shared between threads
+            for name, array in zip(INPUT_NAMES, (sparse, dense, seq)):
+                binding.bind_cpu_input(name, array)
+            binding.bind_output(OUTPUT_NAME, "cpu")
+            session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+
+        return score_cuda, "cuda"
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def score_cpu(sparse: np.ndarray, dense: np.ndarray, seq: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT_NAME], {"sparse": sparse, "dense": dense, "seq": seq})[0]
+
+    return score_cpu, "cpu"
+
+
+def load_export(export_dir: str | Path, threads: int = 1) -> LoadedModel:
+    export_dir = Path(export_dir)
+    meta_path = export_dir / METADATA_FILE
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{export_dir} is not an export (no {METADATA_FILE}); make one with `recsys export`")
+    metadata = json.loads(meta_path.read_text())
+    encoder = RecordEncoder(FeaturePipeline.load(export_dir / FEATURES_DIR))
+    scorer, device = _onnx_scorer(export_dir / MODEL_FILE, threads)
+    return LoadedModel(metadata["model"], metadata["version"], "onnx", metadata, encoder, scorer, device, str(export_dir.resolve()))
+
+
+def load_torch_run(run_dir: str | Path, threads: int = 1) -> LoadedModel:
+    from recsys.serving.runs import load_run
+
+    run = load_run(run_dir)
+    torch.set_num_threads(threads)
+    module = run.scorer
+
+    def score_torch(sparse: np.ndarray, dense: np.ndarray, seq: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(seq)).numpy()
+
+    m = run.metrics
+    metadata = {"model": m.get("model"), "dataset": m.get("dataset"), "run_id": m.get("run_id"),
+                "metrics": {"val": m.get("val"), "test": m.get("test")}, "data_fingerprint": m.get("data_fingerprint")}
+    return LoadedModel(str(m.get("model")), f"{m.get('run_id')}.torch", "torch", metadata,
+                       RecordEncoder(run.pipeline), score_torch, "cpu", str(Path(run_dir).resolve()))

@@ -1,0 +1,72 @@
+"""A trained run folder turned back into a scoring model: metrics.json + the Lightning checkpoint +
+features/, as `recsys.train` wrote them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recsys.batch import Batch
+from recsys.features import FeaturePipeline, Schema
+from recsys.train import build_model
+
+
+class RunError(Exception):
+    """A run folder that cannot be loaded; the message says what is missing or wrong."""
+
+
+class ScoringModule(torch.nn.Module):
+    """What is exported and served: the three Batch groups in, probabilities out (sigmoid inside)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(Batch(sparse, dense, seq)))
+
+
+@dataclass
+class LoadedRun:
+    directory: Path
+    metrics: dict[str, Any]
+    config: DictConfig
+    pipeline: FeaturePipeline
+    scorer: ScoringModule  # in eval mode
+
+    @property
+    def schema(self) -> Schema:
+        return self.pipeline.schema
+
+    @property
+    def features_dir(self) -> Path:
+        return self.directory / str(self.metrics.get("features") or "features")
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        raise RunError(f"{run_dir} is not a finished run folder: it has no metrics.json")
+    metrics = json.loads(metrics_path.read_text())
+    if not metrics.get("checkpoint"):
+        raise RunError(f"{metrics_path} names no checkpoint (the run kept none), so there are no weights to load")
+    checkpoint = Path(metrics["checkpoint"])
+    checkpoint = checkpoint if checkpoint.is_absolute() else run_dir / checkpoint
+    if not checkpoint.exists():
+        raise RunError(f"checkpoint {checkpoint} named by {metrics_path} does not exist")
+    config = OmegaConf.create(metrics["config"])
+    pipeline = FeaturePipeline.load(run_dir / str(metrics.get("features") or "features"))
+    model = build_model(config.model, pipeline.schema)
+    # weights_only: the checkpoint is read as tensors and plain containers, never unpickled as objects.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise RunError(f"checkpoint {checkpoint} does not fit {metrics.get('model')}: missing {missing}, unexpected {unexpected}")
+    return LoadedRun(run_dir, metrics, config, pipeline, ScoringModule(model).eval())
