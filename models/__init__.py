@@ -18,6 +18,10 @@ REGISTRY: dict[str, str] = {
     "dcnv2": "recsys.models.dcnv2.DCNv2",
     "autoint": "recsys.models.autoint.AutoInt",
     "finalmlp": "recsys.models.finalmlp.FinalMLP",
+    "din": "recsys.models.din.DIN",
+    "din_long": "recsys.models.din.DIN",
+    "sdim": "recsys.models.sdim.SDIM",
+    "dare": "recsys.models.dare.DARE",
 }
 
 

@@ -36,11 +36,14 @@ class _Group:
     seq_fields: tuple[str, ...]
 
 
-def _field_dim(spec: DimSpec, f: FieldSpec, use_schema_dims: bool) -> int:
+def _field_dim(spec: DimSpec, f: FieldSpec, use_schema_dims: bool) -> int | None:
+    """The field's width in one table set; None when a named (non-default) set leaves the field out."""
     if isinstance(spec, Mapping):
         if f.name in spec:
             return int(spec[f.name])
         if "*" not in spec:
+            if not use_schema_dims:
+                return None
             raise ValueError(f"no embedding dim for field {f.name!r}: give it or a '*' default")
         return int(spec["*"])
     if use_schema_dims and f.dim:
@@ -55,7 +58,9 @@ class FeatureEmbedding(nn.Module):
         schema: the fitted schema.
         dim: width of the "default" table set: one int, or {field: dim, "*": default}. A field's own
             `dim` in the schema overrides an int default.
-        tables: named table sets {name: dim spec}; defaults to {"default": dim}.
+        tables: named table sets {name: dim spec}; defaults to {"default": dim}. A named set other than
+            "default" given as {field: dim} without a "*" default holds only those fields (DARE's
+            attention embeddings exist for the target and its history only).
         fields: only these fields (schema order is kept); default all feature fields.
         seq_pooling: how `forward` pools a sequence field ("mean" or "sum" over non-padding items).
         init_std: embeddings start as N(0, init_std^2); padding rows are zero.
@@ -94,11 +99,14 @@ class FeatureEmbedding(nn.Module):
         self.groups: dict[str, list[_Group]] = {}
         self.field_dims: dict[str, dict[str, int]] = {}
         for table_set, spec in self.table_specs.items():
-            dims = {f.name: _field_dim(spec, f, table_set == "default") for f in selected}
+            widths = {f.name: _field_dim(spec, f, table_set == "default") for f in selected}
+            dims = {name: width for name, width in widths.items() if width is not None}
+            if not dims:
+                raise ValueError(f"table set {table_set!r} names none of the fields {self.field_names}")
             self.field_dims[table_set] = dims
             groups = []
             for width in sorted(set(dims.values())):
-                members = [f for f in selected if dims[f.name] == width]
+                members = [f for f in selected if dims.get(f.name) == width]
                 group = _Group(
                     key=f"{table_set}__{width}",
                     dim=width,
@@ -138,7 +146,8 @@ class FeatureEmbedding(nn.Module):
                     start[n] = cursor
                     cursor += g.dim
             for n in self.field_names:
-                order.extend(range(start[n], start[n] + dims[n]))
+                if n in dims:
+                    order.extend(range(start[n], start[n] + dims[n]))
             self.register_buffer(f"{table_set}__flat_order", torch.tensor(order, dtype=torch.long), persistent=False)
 
     def _buffer(self, group: _Group, name: str, values: list[int]) -> None:
@@ -163,8 +172,9 @@ class FeatureEmbedding(nn.Module):
         return sum(self.field_dims[table].values())
 
     # ------------------------------------------------------------------ lookups
-    def _group_fields(self, batch: Batch, group: _Group) -> torch.Tensor:
-        """[B, fields of the group, dim]: sparse, then dense, then pooled sequence fields."""
+    def _group_fields(self, batch: Batch, group: _Group, pooled_sequences: bool = True) -> torch.Tensor:
+        """[B, fields of the group, dim]: sparse, then dense, then pooled sequence fields (unless
+        `pooled_sequences` is False, for models that attend over the sequences instead)."""
         parts = []
         if group.sparse_fields:
             ids = batch.sparse.index_select(1, self._get(group, "sparse_cols")) + self._get(group, "sparse_offsets")
@@ -172,7 +182,7 @@ class FeatureEmbedding(nn.Module):
         if group.dense_fields:
             values = batch.dense.index_select(1, self._get(group, "dense_cols"))
             parts.append(values.unsqueeze(-1) * self.weights[group.key + "__dense"])
-        if group.seq_fields:
+        if group.seq_fields and pooled_sequences:
             emb, mask = self._group_sequences(batch, group)
             pooled = (emb * mask.unsqueeze(-1)).sum(dim=2)
             if self.seq_pooling == "mean":
@@ -186,12 +196,13 @@ class FeatureEmbedding(nn.Module):
         shifted = ids + self._get(group, "seq_offsets").view(1, -1, 1)
         return nn.functional.embedding(shifted, self.weights[group.key]), mask
 
-    def forward(self, batch: Batch, table: str = "default") -> torch.Tensor:
-        """Field embeddings [B, F, D] of a table set whose fields share one width D."""
+    def forward(self, batch: Batch, table: str = "default", *, pooled_sequences: bool = True) -> torch.Tensor:
+        """Field embeddings [B, F, D] of a table set whose fields share one width D. With
+        `pooled_sequences=False` the sequence fields are left out: [B, sparse + dense fields, D]."""
         groups = self.groups[table]
         if len(groups) != 1:
             raise ValueError(f"table set {table!r} has several widths: use flat()")
-        return self._group_fields(batch, groups[0])
+        return self._group_fields(batch, groups[0], pooled_sequences)
 
     def flat(self, batch: Batch, table: str = "default") -> torch.Tensor:
         """All field embeddings concatenated in schema order, [B, sum of widths]."""

@@ -7,14 +7,35 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "prelu": nn.PReLU, "leaky_relu": nn.LeakyReLU}
+class Dice(nn.Module):
+    """DIN's data-adaptive activation: p(x) * x + (1 - p(x)) * alpha * x with p = sigmoid(BN(x)), the
+    batch-normalised input (no affine) and a learned slope alpha per unit. Works on [..., width]."""
+
+    def __init__(self, width: int, eps: float = 1e-8):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(width, affine=False, eps=eps)
+        self.alpha = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(self.norm(x.reshape(-1, x.shape[-1]))).view_as(x)
+        return x * (p + (1.0 - p) * self.alpha)
 
 
-def activation(name: str) -> nn.Module:
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "prelu": nn.PReLU,
+               "leaky_relu": nn.LeakyReLU, "dice": Dice}
+
+
+def activation(name: str, width: int | None = None) -> nn.Module:
+    """The named activation; `width` (the layer's units) is needed by the ones with per-unit state (Dice)."""
     try:
-        return ACTIVATIONS[name.lower()]()
+        cls = ACTIVATIONS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+    if cls is Dice:
+        if width is None:
+            raise ValueError("the dice activation needs the layer width")
+        return Dice(width)
+    return cls()
 
 
 class MLP(nn.Sequential):
@@ -37,7 +58,7 @@ class MLP(nn.Sequential):
             layers.append(nn.Linear(width, units))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(units))
-            layers.append(activation(activation_name))
+            layers.append(activation(activation_name, units))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = units

@@ -2,8 +2,11 @@
 
 Labels come from a known logistic model: first-order effects plus pairwise factor interactions between
 chosen field pairs (user x item, item x context). A model that learns interactions (FM, DeepFM, ...)
-therefore beats LR by a clear margin, which makes the first leaderboard meaningful. Ids are
-Zipf-distributed, as real ids are. The files are labelled synthetic in their folder name.
+therefore beats LR by a clear margin, which makes the first leaderboard meaningful. Each row also has a
+behaviour history (`hist_item`, items joined by "^", most recent last) whose items lean towards the
+user's taste, and the label rewards a target close to the history, so target attention (DIN, SDIM,
+DARE) has something to find. Ids are Zipf-distributed, as real ids are. The files are labelled
+synthetic in their folder name.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import polars as pl
 FIELDS = ("user", "item", "context", "device", "category")
 CARDINALITY = {"user": 800, "item": 1500, "context": 24, "device": 6, "category": 40}
 PLANTED_PAIRS = (("user", "item"), ("item", "context"), ("user", "category"))
+MAX_HISTORY = 20
 
 
 def write_synthetic_ctr(directory: str | Path, n_train: int = 60_000, n_valid: int = 10_000, n_test: int = 10_000,
@@ -41,8 +45,15 @@ def write_synthetic_ctr(directory: str | Path, n_train: int = 60_000, n_valid: i
     logit = -1.0 + sum(first[f][ids[f]] for f in FIELDS) - 0.3 * np.log1p(price)
     for a, b in PLANTED_PAIRS:
         logit += 0.9 * (factors[a][ids[a]] * factors[b][ids[b]]).sum(axis=1)
+    history, history_len = _histories(rng, ids["user"], factors, n)
+    # The target's affinity to the history's most similar items (a max, so attention beats mean pooling).
+    affinity = np.einsum("nld,nd->nl", factors["item"][history], factors["item"][ids["item"]])
+    affinity = np.where(np.arange(MAX_HISTORY) < history_len[:, None], affinity, -np.inf).max(axis=1)
+    logit += np.where(history_len > 0, 0.6 * np.clip(affinity, -4, 4), 0.0)
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
     frame = pl.DataFrame({"label": label, **{f: ids[f] for f in FIELDS}, "price": np.round(price, 2)})
+    tokens = pl.Series(history.astype(str).tolist()).to_frame("h").select(pl.col("h").list.head(pl.lit(history_len)))
+    frame = frame.with_columns(hist_item=tokens["h"].list.join("^"))
     directory.mkdir(parents=True, exist_ok=True)
     bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, n)}
     for split, (lo, hi) in bounds.items():
@@ -52,3 +63,19 @@ def write_synthetic_ctr(directory: str | Path, n_train: int = 60_000, n_valid: i
         os.replace(tmp, directory / f"{split}.csv")
     marker.write_text(json.dumps(settings))
     return directory
+
+
+def _histories(rng: np.random.Generator, users: np.ndarray, factors: dict[str, np.ndarray], n: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """[n, MAX_HISTORY] item ids (valid up to each row's length) drawn from items the user's factors favour."""
+    n_items = CARDINALITY["item"]
+    # Each user's taste: a softmax over items of the user-item factor affinity, sampled by inverse CDF.
+    taste = factors["user"] @ factors["item"].T
+    probs = np.exp(taste - taste.max(axis=1, keepdims=True))
+    cdf = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
+    # One sorted array of every user's CDF shifted by the user's index: a single searchsorted samples all rows.
+    shifted = (cdf + np.arange(len(cdf))[:, None]).ravel()
+    draws = rng.random((n, MAX_HISTORY)) + users[:, None]
+    history = np.searchsorted(shifted, draws) - users[:, None] * n_items
+    history = np.clip(history, 0, n_items - 1)
+    return history, rng.integers(0, MAX_HISTORY + 1, size=n)

@@ -1,0 +1,146 @@
+"""What the behaviour-sequence models (DIN, SDIM, DARE) share: which history belongs to which target,
+read from the schema, the embedded (context, target, history) views of a batch, and DIN's target
+attention.
+
+A sequence field that shares its vocabulary with a categorical field (`share_vocab_with`) is that
+field's history: `hist_item` with `item`, `hist_attr` with `item_attr`. Attention compares the target
+with its histories (the *keys*). Sequences without a target (`hist_rating`) are aligned with the history
+position by position and ride along as extra *values*: whatever weight a behaviour gets, its rating
+embedding gets too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recsys.batch import Batch
+from recsys.embedding import FeatureEmbedding
+from recsys.features.schema import Schema
+from recsys.layers import MLP
+
+
+@dataclass(frozen=True)
+class BehaviourFields:
+    targets: tuple[str, ...]  # categorical fields with a history, in schema order
+    histories: tuple[str, ...]  # the history of each target, same order
+    side: tuple[str, ...]  # sequences with no target: values only
+
+    @classmethod
+    def from_schema(cls, schema: Schema) -> BehaviourFields:
+        sparse = {f.name for f in schema.sparse}
+        pairs = [(f.share_vocab_with, f.name) for f in schema.sequence if f.share_vocab_with in sparse]
+        if not pairs:
+            raise ValueError(
+                "a behaviour-sequence model needs a sequence field that shares the vocabulary of a categorical "
+                "field (e.g. {name: hist_item, kind: sequence, share_vocab_with: item}); the schema has sequences "
+                f"{[f.name for f in schema.sequence]} and categorical fields {sorted(sparse)}"
+            )
+        paired = {h for _, h in pairs}
+        return cls(
+            targets=tuple(t for t, _ in pairs),
+            histories=tuple(h for _, h in pairs),
+            side=tuple(f.name for f in schema.sequence if f.name not in paired),
+        )
+
+
+@dataclass
+class BehaviourView:
+    """One batch seen by a behaviour model. D is the table set's width, P the number of (target,
+    history) pairs, S the number of side sequences."""
+
+    context: torch.Tensor  # [B, C * D]: every non-sequence field that is not a target
+    target: torch.Tensor  # [B, P * D]
+    keys: torch.Tensor  # [B, L, P * D]: the histories, concatenated per position
+    values: torch.Tensor  # [B, L, (P + S) * D]: keys, then side sequences
+    mask: torch.Tensor  # [B, L]: 1 for a behaviour, 0 for padding
+
+
+class BehaviourEmbedding(nn.Module):
+    """The shared embedding layer, arranged for target attention.
+
+    Args:
+        schema: the fitted schema.
+        dim: width of the "default" (representation) tables.
+        extra_tables: more named table sets holding only the targets and their histories, e.g.
+            {"attention": 16} for DARE's attention embeddings.
+    """
+
+    def __init__(self, schema: Schema, dim: int, extra_tables: dict[str, int] | None = None):
+        super().__init__()
+        self.fields = BehaviourFields.from_schema(schema)
+        paired = self.fields.targets + self.fields.histories
+        tables: dict[str, int | dict[str, int]] = {"default": dim}
+        for name, width in (extra_tables or {}).items():
+            tables[name] = {f: width for f in paired}
+        self.embedding = FeatureEmbedding(schema, tables=tables)
+        self.dim = dim
+        for name in tables:
+            group = self.embedding.groups[name][0]
+            columns = group.sparse_fields + group.dense_fields
+            self._index(name, "target_cols", [columns.index(t) for t in self.fields.targets])
+            self._index(name, "context_cols", [i for i, c in enumerate(columns) if c not in self.fields.targets])
+            order = [group.seq_fields.index(h) for h in self.fields.histories]
+            if name == "default":
+                order += [group.seq_fields.index(s) for s in self.fields.side]
+            self._index(name, "seq_order", order)
+
+    def _index(self, table: str, what: str, values: Sequence[int]) -> None:
+        self.register_buffer(f"{table}__{what}", torch.tensor(values, dtype=torch.long), persistent=False)
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.fields.targets)
+
+    @property
+    def num_context(self) -> int:
+        return len(self.default__context_cols)
+
+    @property
+    def value_dim(self) -> int:
+        return (len(self.fields.histories) + len(self.fields.side)) * self.dim
+
+    def forward(self, batch: Batch, table: str = "default", last: int | None = None) -> BehaviourView:
+        """The batch's view through table set `table`; `last=k` keeps only the k most recent behaviours
+        (histories are left-padded, so they are the last k positions) and embeds nothing older."""
+        if last is not None:
+            batch = Batch(batch.sparse, batch.dense, batch.seq[..., -last:])
+        flat = self.embedding(batch, table, pooled_sequences=False)  # [B, sparse + dense, D]
+        seqs, masks = self.embedding.sequences(batch, table)  # [B, S, L, D], [B, S, L]
+        seqs = seqs.index_select(1, getattr(self, f"{table}__seq_order"))
+        n_keys = self.num_pairs
+        values = seqs.permute(0, 2, 1, 3).flatten(2)  # [B, L, (P + S) * D]
+        context_cols = getattr(self, f"{table}__context_cols")
+        return BehaviourView(
+            context=flat.index_select(1, context_cols).flatten(1),
+            target=flat.index_select(1, getattr(self, f"{table}__target_cols")).flatten(1),
+            keys=values[..., : n_keys * seqs.shape[-1]],
+            values=values,
+            mask=masks[:, 0],
+        )
+
+
+class TargetAttention(nn.Module):
+    """DIN's local activation unit: an MLP scores each behaviour from [q, k, q - k, q * k]; the output is
+    the score-weighted sum of the behaviours' values. Padding gets weight 0. As in DIN, the weights are
+    not normalised by default (softmax=False), so the output keeps the intensity of the interest."""
+
+    def __init__(self, key_dim: int, hidden_units: Sequence[int] = (80, 40), activation: str = "dice",
+                 softmax: bool = False):
+        super().__init__()
+        self.score = MLP(4 * key_dim, hidden_units, activation_name=activation, output_dim=1)
+        self.softmax = softmax
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = query.unsqueeze(1).expand_as(keys)
+        scores = self.score(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # [B, L]
+        if self.softmax:
+            # A large negative rather than -inf: a row with no behaviour gets uniform weight on zero
+            # vectors (padding rows stay zero) instead of NaN.
+            weights = torch.softmax(scores.masked_fill(mask == 0, -1e9), dim=-1) * mask
+        else:
+            weights = scores * mask
+        return torch.bmm(weights.unsqueeze(1), values).squeeze(1)

@@ -1,0 +1,109 @@
+"""Behaviour-sequence models: what each one's definition promises beyond the shared contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys.batch import Batch
+from recsys.bench import compose_train_config
+from recsys.models.din import DIN
+from recsys.sequence import BehaviourFields
+from recsys.train import build_model
+
+
+def _model(name: str, datamodule, **params):
+    cfg = compose_train_config([f"model={name}", *[f"model.{k}={v}" for k, v in params.items()]])
+    model = build_model(cfg.model, datamodule.schema)
+    with torch.no_grad():  # trained-looking embeddings, so hashing and attention see distinct vectors
+        for p in model.parameters():
+            p.normal_(0, 0.3) if p.dim() == 2 else None
+    return model.eval()
+
+
+def _batch(datamodule, n: int = 64) -> Batch:
+    return datamodule.load("valid").take(slice(0, n))
+
+
+def test_histories_are_paired_with_their_targets_from_the_schema(small_synthetic) -> None:
+    _, dm = small_synthetic
+    fields = BehaviourFields.from_schema(dm.schema)
+    assert fields.targets == ("item",) and fields.histories == ("hist_item",) and fields.side == ()
+
+
+def test_sdim_behaviour_sums_score_the_same_as_the_full_computation(small_synthetic) -> None:
+    _, dm = small_synthetic
+    model = _model("sdim", dm, num_hashes=16, hash_bits=2, short_length=4)
+    batch = _batch(dm)
+    with torch.no_grad():
+        full = model(batch)
+        sums = model.behaviour_sums(batch)
+        assert sums.shape == (64, 16, 4, model.behaviours.value_dim)
+        fast = model.score_with_behaviour_sums(batch, sums)
+        # One user's sums serve many candidates: score row 0's history against every row's target.
+        one_user = Batch(batch.sparse, batch.dense, batch.seq[:1].expand_as(batch.seq))
+        shared = model.score_with_behaviour_sums(one_user, sums[:1].expand(64, -1, -1, -1))
+        assert torch.allclose(shared, model(one_user), atol=1e-5)
+    assert torch.allclose(fast, full, atol=1e-5)
+    assert full.std() > 1e-3  # scores vary, so equality is not between constants
+
+
+def test_sdim_long_interest_depends_on_the_whole_history(small_synthetic) -> None:
+    """Behaviours older than the short window still move the score (through the hash buckets)."""
+    _, dm = small_synthetic
+    model = _model("sdim", dm, short_length=2)
+    batch = _batch(dm)
+    long_rows = (batch.seq[:, 0] != 0).sum(1) > 4
+    older = batch.seq.clone()
+    older[:, :, :-2] = torch.where(older[:, :, :-2] != 0, 2, 0)  # replace all but the last 2 behaviours
+    with torch.no_grad():
+        changed = model(batch) != model(Batch(batch.sparse, batch.dense, older))
+    assert changed[long_rows].float().mean() > 0.5
+
+
+def test_din_ignores_padding_and_max_history_truncates(small_synthetic) -> None:
+    _, dm = small_synthetic
+    model = _model("din", dm)
+    batch = _batch(dm)
+    with torch.no_grad():
+        base = model(batch)
+        # The pad row of the shared table is zero and masked: its content cannot matter.
+        model.behaviours.embedding.weights["default__16"][0] = 5.0
+        assert torch.allclose(model(batch), base, atol=1e-6)
+        model.max_history = 3
+        older = batch.seq.clone()
+        older[:, :, :-3] = torch.where(older[:, :, :-3] != 0, 2, 0)
+        assert torch.equal(model(batch), model(Batch(batch.sparse, batch.dense, older)))
+
+
+def test_dare_decoupled_tables_and_top_k_search(small_synthetic) -> None:
+    _, dm = small_synthetic
+    decoupled = _model("dare", dm, attention_dim=8, top_k=3)
+    coupled = _model("dare", dm, coupled=True, top_k=3)
+    sets = decoupled.behaviours.embedding.field_dims
+    assert sets["attention"] == {"item": 8, "hist_item": 8}  # only the target and its history
+    assert "attention" not in coupled.behaviours.embedding.field_dims
+    assert sum(p.numel() for p in decoupled.parameters()) > sum(p.numel() for p in coupled.parameters())
+    batch = _batch(dm)
+    with torch.no_grad():
+        weights, positions = decoupled.search(batch)
+        assert weights.shape == positions.shape == (64, 3)
+        lengths = (batch.seq[:, 0] != 0).sum(1)
+        # Weights sum to 1 over real behaviours; padding never gets weight.
+        assert torch.allclose(weights.sum(1)[lengths > 0], torch.ones(int((lengths > 0).sum())), atol=1e-5)
+        picked_ids = batch.seq[:, 0].gather(1, positions)
+        assert torch.all(weights[picked_ids == 0] == 0)
+        # Behaviours outside the top-k do not change the score: drop them all (make them padding).
+        unpicked = torch.ones_like(batch.seq, dtype=torch.bool)
+        unpicked.scatter_(2, positions.unsqueeze(1).expand(-1, batch.seq.shape[1], -1), False)
+        only_top_k = Batch(batch.sparse, batch.dense, torch.where(unpicked, 0, batch.seq))
+        assert torch.allclose(decoupled(only_top_k), decoupled(batch), atol=1e-5)
+        assert int((only_top_k.seq != 0).sum()) < int((batch.seq != 0).sum())  # something was dropped
+
+
+def test_sequence_models_name_the_missing_history() -> None:
+    from recsys.features.schema import FieldSpec, Schema
+
+    schema = Schema([FieldSpec("user", "categorical", vocab_size=5), FieldSpec("item", "categorical", vocab_size=5)])
+    with pytest.raises(ValueError, match="share_vocab_with: item"):
+        DIN(schema)
