@@ -3,6 +3,8 @@
     recsys bench zoo          train the zoo's CTR models on one dataset and print a leaderboard
     recsys bench throughput   our FinalMLP and DeepFM against DeepCTR-Torch's DeepFM, same data and
                               hyper-parameters, each in its own process, one after the other
+    recsys bench serve        the scoring endpoint under load, ONNX Runtime against PyTorch eager
+                              (recsys.serving.loadbench; --run NAME=RUN_DIR, repeatable)
 
 Real data comes from RECSYS_DATA_DIR (frappe_x1/); without it `zoo` falls back to the clearly labelled
 synthetic dataset, so a first run works anywhere.
@@ -191,6 +193,11 @@ def run_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["serve"]:  # its own options, so its own parser
+        from recsys.serving.loadbench import main as serve_bench_main
+
+        serve_bench_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="recsys bench")
     sub = parser.add_subparsers(dest="what", required=True)
     zoo = sub.add_parser("zoo", help="train the zoo on one dataset and print a leaderboard")
