@@ -20,6 +20,11 @@ from recsys.features.errors import FeatureError
 from recsys.features.pipeline import FeaturePipeline
 from recsys.features.schema import OOV_ID, PAD_ID, FieldSpec
 
+
+class SequenceTooLong(FeatureError):
+    """A raw sequence over the caller's item limit (the endpoint answers it with its own error code)."""
+
+
 _SCALARS = (str, int, float, bool)
 _SCALAR_TYPES = frozenset(_SCALARS)
 
@@ -138,7 +143,7 @@ class RecordEncoder:
         else:
             raise FeatureError(f"instance {row}: sequence field {f.source!r} needs a list or a {f.sep!r}-delimited string, got {type(value).__name__}")
         if max_items is not None and len(items) > max_items:
-            raise FeatureError(
+            raise SequenceTooLong(
                 f"instance {row}: sequence field {f.source!r} has {len(items)} items; at most {max_items} are accepted "
                 f"(the model reads the most recent {f.max_len})"
             )

@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from recsys.features import FeatureError
+from recsys.features.records import SequenceTooLong
 from recsys.serving.backends import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -163,9 +164,10 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), token: str | None
         try:
             # Off the event loop: encoding holds the GIL briefly, ONNX Runtime releases it while it runs.
             scores = await anyio.to_thread.run_sync(model.score_records, instances, limits.max_sequence_items)
+        except SequenceTooLong as err:
+            raise BadRequest(422, "sequence_too_long", str(err)) from None
         except FeatureError as err:
-            code = "sequence_too_long" if "items; at most" in str(err) else "bad_instance"
-            raise BadRequest(422, code, str(err)) from None
+            raise BadRequest(422, "bad_instance", str(err)) from None
         metrics.instances.inc(len(scores))
         return JSONResponse({"scores": scores, "model": model.name, "version": model.version})
 
