@@ -198,6 +198,10 @@ class CTRDataModule(L.LightningDataModule):
         for split in SPLITS:
             self.load(split)
 
+    def row_counts(self) -> dict[str, np.ndarray]:
+        """Training occurrence counts per vocabulary table, from the fitted feature artifacts."""
+        return FeaturePipeline.load(self.prepared.features_dir).row_counts()
+
     def _shard(self) -> dict[str, int]:
         trainer = getattr(self, "trainer", None)
         if trainer is None or trainer.world_size <= 1:

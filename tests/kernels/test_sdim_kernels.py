@@ -44,7 +44,8 @@ def test_signature_kernel_equals_twin(device: str) -> None:
     twin = signatures(values, projections, bits, use_triton=False)
     kernel = triton_signatures(values, projections, bits)
     assert kernel.shape == twin.shape == values.shape[:2] + (projections.shape[1] // bits,)
-    assert kernel.dtype == torch.int64 and int(twin.max()) < 2**bits
+    assert kernel.dtype == twin.dtype == torch.float32 and int(twin.max()) < 2**bits
+    assert torch.equal(twin, twin.round()) and twin.min() >= 0
     clear = _clear_of_zero(values, projections, bits)
     assert clear.float().mean() > 0.99
     assert torch.equal(kernel[clear], twin[clear])
