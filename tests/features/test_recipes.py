@@ -228,3 +228,16 @@ def test_ml100k_side_features(ml100k, real_file) -> None:
     row = frame.filter(pl.col("item") == 1).row(0, named=True)
     assert row["genre"] == toy_story[5:].index("1") and row["release_year"] == 1995
     assert frame.filter(pl.col("release_year").is_null())["item"].unique().to_list() == [267]  # no release date
+
+
+def test_ml100k_gauc_groups_keep_users_unseen_in_training_apart(ml100k) -> None:
+    from recsys.bench import compose_train_config
+    from recsys.features import FeaturePipeline
+
+    fields = OmegaConf.to_container(compose_train_config(["data=ml100k_long"]).data.fields, resolve=True)
+    pipeline = FeaturePipeline([f for f in fields if f["kind"] in ("label", "group")]).fit(ml100k["train"])
+    for split in ("valid", "test"):
+        raw = ml100k[split]
+        assert not set(raw["user"]) <= set(ml100k["train"]["user"])  # the global time split brings new users
+        groups = pipeline.transform(raw).collect()["group_user"]
+        assert raw.select("user").with_columns(groups).n_unique() == raw["user"].n_unique() == groups.n_unique()
