@@ -38,7 +38,8 @@ ML100K_TRAIN_FRACTION, ML100K_VALID_FRACTION = 0.8, 0.1
 
 class Recipe(NamedTuple):
     sources: Callable[..., dict[str, str]]  # settings -> {role: path relative to RECSYS_DATA_DIR}
-    build: Callable[..., dict[str, pl.DataFrame]]  # (source paths, **settings) -> one frame per split
+    # (source paths, **settings) -> one frame per split; its keywords are the settings the recipe takes.
+    build: Callable[..., dict[str, pl.DataFrame]]
 
 
 # ---------------------------------------------------------------------------------------- shared steps
@@ -107,7 +108,8 @@ def build_amazon_din(sources: Mapping[str, Path], *, dataset: str, seed: int, ma
     """For each user sequence i_0..i_{n-1} and each t >= 1: history i_0..i_{t-1} (the last `max_len`),
     target i_t with label 1, and the same history with an item the user never interacted with, label 0.
     Position n-1 is test, n-2 validation, the rest train. Item attributes ride along as `item_attr`
-    (the target's) and `hist_attr` (aligned with `hist_item`)."""
+    (the target's) and `hist_attr` (aligned with `hist_item`). `dataset` only picks the source files
+    (see `amazon_din_sources`)."""
     events = read_s3rec_sequences(sources["sequences"])
     attributes = read_first_attributes(sources["attributes"])
     events = events.join(attributes, on="item", how="left").with_columns(pl.col("item_attr").fill_null(NO_ATTRIBUTE))
@@ -184,9 +186,12 @@ def build_ml100k_long(sources: Mapping[str, Path], *, max_len: int) -> dict[str,
     ratings = pl.read_csv(sources["ratings"], separator="\t", has_header=False,
                           new_columns=["user", "item", "rating", "timestamp"],
                           schema_overrides={c: pl.Int64 for c in ("user", "item", "rating", "timestamp")})
-    ratings = ratings.sort("user", "timestamp", "item").with_columns(pl.int_range(pl.len()).over("user").alias("position"))
+    ratings = ratings.sort("user", "timestamp", "item").with_columns(
+        pl.int_range(pl.len()).over("user").alias("position")
+    )
     n = ratings.height
-    train_end, valid_end = round(n * ML100K_TRAIN_FRACTION), round(n * (ML100K_TRAIN_FRACTION + ML100K_VALID_FRACTION))
+    train_end = round(n * ML100K_TRAIN_FRACTION)
+    valid_end = round(n * (ML100K_TRAIN_FRACTION + ML100K_VALID_FRACTION))
     frame = (
         with_histories(ratings, by="user", position="position", columns={"item": "hist_item", "rating": "hist_rating"},
                        max_len=max_len)

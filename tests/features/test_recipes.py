@@ -107,7 +107,8 @@ def test_amazon_config_prepares_padded_sequences_once(real_file, tmp_path: Path)
     prepared = prepare_dataset(data_cfg, tmp_path)
     (raw_dir,) = (tmp_path / "raw").iterdir()
     assert raw_dir.name.startswith("amazon_Beauty_din-")
-    assert sorted(p.name for p in raw_dir.iterdir()) == ["recipe.json", "test.parquet", "train.parquet", "valid.parquet"]
+    written_files = sorted(p.name for p in raw_dir.iterdir())
+    assert written_files == ["recipe.json", "test.parquet", "train.parquet", "valid.parquet"]
     written = (raw_dir / "train.parquet").stat().st_mtime_ns
     assert prepare_dataset(data_cfg, tmp_path).directory == prepared.directory
     assert (raw_dir / "train.parquet").stat().st_mtime_ns == written  # reused, not rewritten
@@ -217,7 +218,8 @@ def test_ml100k_train_histories_hold_only_training_ratings(ml100k, ml100k_rating
 
 def test_ml100k_side_features(ml100k, real_file) -> None:
     frame = pl.concat(ml100k.values())
-    users = {line.split("|")[0]: line.split("|") for line in real_file("movielens_100k/u.user").read_text().splitlines()}
+    user_lines = real_file("movielens_100k/u.user").read_text().splitlines()
+    users = {line.split("|")[0]: line.split("|") for line in user_lines}
     _, age, gender, occupation, zip_code = users["1"]
     row = frame.filter(pl.col("user") == 1).row(0, named=True)
     assert int(age) == 24 and row["age_group"] == 18
