@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from recsys.features.atomic import atomic_directory
@@ -327,6 +328,19 @@ class FeaturePipeline:
             for table, vocab in self.vocabs.items():
                 vocab.write_parquet(tmp / self.VOCAB_DIR / f"{table}.parquet")
         return directory
+
+    def row_counts(self) -> dict[str, np.ndarray]:
+        """Per vocabulary table, how often each id occurred in the training data (index = id; padding and
+        out-of-vocabulary count 0; hashed tables have none): the n_j of DIN's mini-batch-aware regulariser."""
+        sizes = self.schema.table_sizes()
+        counts = {}
+        for table, vocab in self.vocabs.items():
+            if table not in sizes:  # the group field's ids are not an embedding table
+                continue
+            row = np.zeros(sizes[table], dtype=np.int64)
+            row[vocab["id"].to_numpy()] = vocab["count"].to_numpy()
+            counts[table] = row
+        return counts
 
     @classmethod
     def load(cls, directory: str | Path) -> FeaturePipeline:

@@ -71,7 +71,7 @@ class SDIM(nn.Module):
         [B, m, 2**tau, Dv]. Depends on the histories only, not on the targets."""
         view = self.behaviours(batch)
         codes = signatures(view.keys, self.projections, self.hash_bits)  # [B, L, m]
-        buckets = F.one_hot(codes, 2**self.hash_bits).to(view.values.dtype) * view.mask[:, :, None, None]
+        buckets = F.one_hot(codes.long(), 2**self.hash_bits).to(view.values.dtype) * view.mask[:, :, None, None]
         return torch.einsum("blmk,bld->bmkd", buckets, view.values)
 
     def score_with_behaviour_sums(self, batch: Batch, sums: torch.Tensor) -> torch.Tensor:
@@ -79,7 +79,7 @@ class SDIM(nn.Module):
         `short_length` behaviours are embedded (for the short-term attention)."""
         view = self.behaviours(batch, last=self.short_length)
         codes = self._target_codes(view)  # [B, m]
-        picked = sums.gather(2, codes[:, :, None, None].expand(-1, -1, 1, sums.shape[-1])).squeeze(2)
+        picked = sums.gather(2, codes.long()[:, :, None, None].expand(-1, -1, 1, sums.shape[-1])).squeeze(2)
         short = self.short_attention(view.target, view.keys, view.values, view.mask)
         return self._head(view, short, picked)
 

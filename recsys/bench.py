@@ -210,6 +210,9 @@ def main(argv: list[str]) -> None:
     thr.add_argument("--seed", type=int, default=2021)
     thr.add_argument("--precision", default=None, help="also run our two models at this Lightning precision, e.g. bf16-mixed")
     thr.add_argument("--out", default=None)
+    from recsys.bench_sequence import add_parser as add_sequence_parser
+
+    add_sequence_parser(sub)
     for hidden, fn in (("_ours", run_ours), ("_peer_deepctr", run_peer_deepctr)):
         p = sub.add_parser(hidden)
         p.add_argument("--out", required=True)
@@ -223,5 +226,7 @@ def main(argv: list[str]) -> None:
         run_zoo(args)
     elif args.what == "throughput":
         run_throughput(args)
+    elif args.what == "sequence":
+        args.fn(args)
     else:
         print(json.dumps(args.fn(args)))

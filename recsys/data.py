@@ -22,6 +22,7 @@ import torch
 from recsys.batch import Batch
 from recsys.features import FeatureError, FeaturePipeline, Schema, scan_table
 from recsys.features.atomic import atomic_directory
+from recsys.features.recipes import RECIPES_VERSION, recipe_sources, write_recipe
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -75,7 +76,8 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
     """Fit features on train and write every split as Parquet, once per fingerprint. The fingerprint
     covers the field config, the raw files (path, size, mtime) and the feature code version, so a change
     to any of them refits. Written to a temporary folder and renamed, so an interrupted run leaves no
-    half-written cache behind."""
+    half-written cache behind. A config with a `recipe:` block first has its raw splits written by
+    that recipe (see `materialise_recipe`)."""
     data_cfg = dict(data_cfg)
     synthetic = bool(data_cfg.get("synthetic"))
     cache_dir = Path(cache_dir)
@@ -85,6 +87,8 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
         raw_dir = cache_dir / "raw" / f"synthetic-{_digest(data_cfg['synthetic'])}"
         write_synthetic_ctr(raw_dir, **dict(data_cfg["synthetic"]))
         data_cfg["root"] = str(raw_dir)
+    elif data_cfg.get("recipe"):
+        data_cfg["root"] = str(materialise_recipe(data_cfg, cache_dir))
     files = resolve_files(data_cfg)
     fields = [dict(f) for f in data_cfg["fields"]]
     reader = dict(data_cfg.get("reader") or {})
@@ -109,6 +113,27 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
         (tmp / "fingerprint.json").write_text(json.dumps(key, indent=2))
         (tmp / "DONE").touch()
     return prepared
+
+
+def materialise_recipe(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Path:
+    """Run the config's recipe on its source files under `data_cfg["root"]` (RECSYS_DATA_DIR), once per
+    (recipe settings, source files, recipe code version): the raw splits go to
+    `<cache_dir>/raw/<name>-<digest>`, which appears whole or not at all."""
+    recipe = dict(data_cfg["recipe"])
+    sources = recipe_sources(recipe, data_cfg.get("root"))
+    key = {
+        "version": RECIPES_VERSION,
+        "recipe": recipe,
+        "sources": {role: _file_identity(path) for role, path in sources.items()},
+    }
+    raw_dir = Path(cache_dir) / "raw" / f"{data_cfg['name']}-{_digest(key)}"
+    if raw_dir.exists():  # only atomic_directory creates it, so it is complete
+        return raw_dir
+    with atomic_directory(raw_dir) as tmp:
+        log.info("writing the raw splits of %s with recipe %s", data_cfg["name"], recipe["name"])
+        rows = write_recipe(recipe, data_cfg["root"], tmp)
+        (tmp / "recipe.json").write_text(json.dumps({**key, "rows": rows}, indent=2))
+    return raw_dir
 
 
 def _digest(obj: Any) -> str:
@@ -202,6 +227,10 @@ class CTRDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             self.load(split)
+
+    def row_counts(self) -> dict[str, np.ndarray]:
+        """Training occurrence counts per vocabulary table, from the fitted feature artifacts."""
+        return FeaturePipeline.load(self.prepared.features_dir).row_counts()
 
     def _shard(self) -> dict[str, int]:
         trainer = getattr(self, "trainer", None)

@@ -96,6 +96,7 @@ class FeatureEmbedding(nn.Module):
         seq_pos = {f.name: i for i, f in enumerate(schema.sequence)}
 
         self.weights = nn.ParameterDict()
+        self.table_rows: dict[str, dict[str, tuple[int, int]]] = {}  # group -> vocab table -> (first row, rows)
         self.groups: dict[str, list[_Group]] = {}
         self.field_dims: dict[str, dict[str, int]] = {}
         for table_set, spec in self.table_specs.items():
@@ -124,6 +125,7 @@ class FeatureEmbedding(nn.Module):
                         offsets[f.vocab_key] = sum(sizes[k] for k in offsets)
                         pad_rows.append(offsets[f.vocab_key])
                 n_rows = sum(sizes[k] for k in offsets)
+                self.table_rows[group.key] = {k: (offsets[k], sizes[k]) for k in offsets}
                 by_name = {f.name: f for f in members}
                 self._buffer(group, "sparse_cols", [sparse_pos[n] for n in group.sparse_fields])
                 self._buffer(group, "sparse_offsets", [offsets[by_name[n].vocab_key] for n in group.sparse_fields])
@@ -220,14 +222,30 @@ class FeatureEmbedding(nn.Module):
         return self._group_sequences(batch, groups[0])
 
     # ------------------------------------------------------------------ regularisation
+    def set_row_counts(self, counts: Mapping[str, torch.Tensor]) -> None:
+        """Training-data occurrence counts per vocabulary table (index = id), for scope="mba". Kept as
+        non-persistent buffers: they come from the feature artifacts, not the checkpoint."""
+        for groups in self.groups.values():
+            for g in groups:
+                if g.key not in self.weights:
+                    continue
+                inverse = torch.ones(self.weights[g.key].shape[0])
+                for table, (start, size) in self.table_rows[g.key].items():
+                    if table in counts:
+                        n = torch.as_tensor(counts[table], dtype=torch.float32)[:size]
+                        inverse[start : start + len(n)] = 1.0 / n.clamp(min=1.0)
+                self.register_buffer(f"{g.key}__inverse_count", inverse.to(self.weights[g.key].device), persistent=False)
+
     def l2_penalty(self, batch: Batch, scope: str = "batch_rows") -> torch.Tensor:
         """1/2 the squared L2 norm of the embedding rows, plus the dense field vectors.
 
         scope="batch_rows": only the rows this batch looks up, each once (cost grows with the batch,
         not the tables). scope="table": every row of every table, each batch, which is what FuxiCTR
-        and therefore the published BARS results do."""
-        if scope not in ("batch_rows", "table"):
-            raise ValueError(f"scope must be 'batch_rows' or 'table', got {scope!r}")
+        and therefore the published BARS results do. scope="mba": DIN's mini-batch-aware
+        regularisation, the batch's rows each weighted by 1 / (its count in the training data), so
+        frequent ids are not over-penalised (needs `set_row_counts`; the CTR task calls it)."""
+        if scope not in ("batch_rows", "table", "mba"):
+            raise ValueError(f"scope must be 'batch_rows', 'table' or 'mba', got {scope!r}")
         total = torch.zeros((), device=batch.sparse.device)
         for groups in self.groups.values():
             for g in groups:
@@ -241,7 +259,13 @@ class FeatureEmbedding(nn.Module):
                         seq = batch.seq.index_select(1, self._get(g, "seq_cols")) + self._get(g, "seq_offsets").view(1, -1, 1)
                         ids.append(seq.flatten())
                     rows = torch.unique(torch.cat(ids))
-                    total = total + self.weights[g.key].index_select(0, rows).pow(2).sum()
+                    squares = self.weights[g.key].index_select(0, rows).pow(2).sum(dim=1)
+                    if scope == "mba":
+                        inverse = getattr(self, f"{g.key}__inverse_count", None)
+                        if inverse is None:
+                            raise RuntimeError("embedding_l2_scope 'mba' needs the training row counts: call set_row_counts")
+                        squares = squares * inverse.index_select(0, rows)
+                    total = total + squares.sum()
                 if g.key + "__dense" in self.weights:
                     total = total + self.weights[g.key + "__dense"].pow(2).sum()
         return 0.5 * total

@@ -110,3 +110,21 @@ def test_batch_take_gathers_every_group(fitted) -> None:
     part = batch.take(torch.tensor([3, 1]))
     assert isinstance(part, Batch) and len(part) == 2
     assert torch.equal(part.seq[0], batch.seq[3]) and torch.equal(part.label, batch.label[[3, 1]])
+
+
+def test_mini_batch_aware_l2_weights_each_looked_up_row_by_its_inverse_count(fitted) -> None:
+    schema, batch = fitted
+    emb = FeatureEmbedding(schema, 4)
+    with torch.no_grad():
+        for p in emb.parameters():
+            p.normal_()
+    with pytest.raises(RuntimeError, match="set_row_counts"):
+        emb.l2_penalty(batch, "mba")
+    counts = {t: torch.full((n,), 4.0) for t, n in schema.table_sizes().items()}
+    emb.set_row_counts(counts)
+    # Every row counted 4 times: the penalty is a quarter of the unweighted batch-rows penalty
+    # (dense field vectors are not rows and keep their weight).
+    dense = 0.5 * sum(p.pow(2).sum() for k, p in emb.weights.items() if k.endswith("__dense"))
+    plain = emb.l2_penalty(batch, "batch_rows") - dense
+    assert torch.allclose(emb.l2_penalty(batch, "mba") - dense, plain / 4, rtol=1e-5)
+    assert plain > 0

@@ -13,16 +13,17 @@ import torch
 
 def signatures(x: torch.Tensor, projections: torch.Tensor, hash_bits: int, *, use_triton: bool | None = None) -> torch.Tensor:
     """SimHash codes of vectors x [..., D] under projections [D, m * hash_bits] (column i * hash_bits + t
-    is bit t of hash i): int64 [..., m], each code in [0, 2**hash_bits). A bit is 1 where the signed
-    projection is > 0, so a zero (padding) vector hashes to code 0."""
+    is bit t of hash i): [..., m], each code an integer in [0, 2**hash_bits) held exactly in x's float
+    dtype (comparing floats saves a conversion pass over the codes). A bit is 1 where the signed
+    projection is > 0, so a zero (padding) vector hashes to code 0. Not differentiable (a hash)."""
     if _use_triton(x, use_triton):
         from recsys.kernels.sdim_triton import triton_signatures
 
-        return triton_signatures(x, projections, hash_bits)
-    bits = (x @ projections > 0).to(torch.int64)
-    bits = bits.unflatten(-1, (projections.shape[1] // hash_bits, hash_bits))
-    powers = torch.arange(hash_bits, device=x.device, dtype=torch.int64)
-    return (bits << powers).sum(dim=-1)
+        return triton_signatures(x, projections, hash_bits).to(x.dtype)
+    # In place: the projections become their 0/1 bits without another [..., m * tau] tensor, which on
+    # CPU is most of the cost (the projection output is 3x wider than the embeddings for tau = 3).
+    bits = (x.detach() @ projections).gt_(0).unflatten(-1, (projections.shape[1] // hash_bits, hash_bits))
+    return bits @ (2.0 ** torch.arange(hash_bits, device=x.device, dtype=bits.dtype))
 
 
 def bucket_sums(values: torch.Tensor, key_codes: torch.Tensor, query_codes: torch.Tensor, mask: torch.Tensor,

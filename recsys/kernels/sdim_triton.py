@@ -33,12 +33,12 @@ def _signature_kernel(x_ptr, proj_ptr, out_ptr, n_rows, dim, n_hashes,
     row_ok = rows < n_rows
     x = tl.load(x_ptr + rows[:, None] * dim + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < dim), other=0.0)
     proj_mask = (cols[:, None] < dim) & (hashes[None, :] < n_hashes)
-    code = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int64)
+    code = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     for bit in tl.static_range(HASH_BITS):
         proj = tl.load(proj_ptr + cols[:, None] * (n_hashes * HASH_BITS) + hashes[None, :] * HASH_BITS + bit,
                        mask=proj_mask, other=0.0)
         rotated = tl.dot(x, proj, input_precision="ieee")
-        code += (rotated > 0).to(tl.int64) << bit
+        code += (rotated > 0).to(tl.float32) * (1 << bit)
     tl.store(out_ptr + rows[:, None] * n_hashes + hashes[None, :], code, mask=row_ok[:, None] & (hashes[None, :] < n_hashes))
 
 
@@ -48,13 +48,13 @@ def _bucket_sum_kernel(values_ptr, key_codes_ptr, query_codes_ptr, mask_ptr, out
     seq = tl.program_id(0)
     hashes = tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    query = tl.load(query_codes_ptr + seq * n_hashes + hashes, mask=hashes < n_hashes, other=-1)
+    query = tl.load(query_codes_ptr + seq * n_hashes + hashes, mask=hashes < n_hashes, other=-1.0)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start in range(0, length, BLOCK_L):
         pos = start + tl.arange(0, BLOCK_L)
         pos_ok = pos < length
         codes = tl.load(key_codes_ptr + seq * length * n_hashes + pos[:, None] * n_hashes + hashes[None, :],
-                        mask=pos_ok[:, None] & (hashes[None, :] < n_hashes), other=-2)
+                        mask=pos_ok[:, None] & (hashes[None, :] < n_hashes), other=-2.0)
         valid = tl.load(mask_ptr + seq * length + pos, mask=pos_ok, other=0.0)
         match = (codes == query[None, :]).to(tl.float32) * valid[:, None]
         vals = tl.load(values_ptr + seq * length * dim + pos[:, None] * dim + cols[None, :],
@@ -68,7 +68,7 @@ def triton_signatures(x: torch.Tensor, projections: torch.Tensor, hash_bits: int
     lead, dim = x.shape[:-1], x.shape[-1]
     flat = x.reshape(-1, dim).float().contiguous()
     n_hashes = projections.shape[1] // hash_bits
-    out = torch.empty(flat.shape[0], n_hashes, dtype=torch.int64, device=x.device)
+    out = torch.empty(flat.shape[0], n_hashes, dtype=torch.float32, device=x.device)
     block_n = 64
     grid = (triton.cdiv(flat.shape[0], block_n),)
     _signature_kernel[grid](flat, projections.float().contiguous(), out, flat.shape[0], dim, n_hashes,
@@ -83,7 +83,8 @@ class _BucketSums(torch.autograd.Function):
         n_hashes = key_codes.shape[-1]
         out = torch.empty(batch, n_hashes, dim, dtype=torch.float32, device=values.device)
         _bucket_sum_kernel[(batch,)](
-            values.float().contiguous(), key_codes.contiguous(), query_codes.contiguous(), mask.float().contiguous(),
+            values.float().contiguous(), key_codes.float().contiguous(), query_codes.float().contiguous(),
+            mask.float().contiguous(),
             out, length, dim, n_hashes, BLOCK_L=32, BLOCK_D=_block(dim), BLOCK_M=_block(n_hashes),
         )
         ctx.save_for_backward(key_codes, query_codes, mask)

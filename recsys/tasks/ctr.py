@@ -20,8 +20,10 @@ class CTRTask(L.LightningModule):
         model: any zoo model (`forward(batch) -> logits [B]`).
         learning_rate: Adam's.
         embedding_l2: lambda for 1/2 lambda ||e||^2 over embedding rows.
-        embedding_l2_scope: "batch_rows" (the rows each batch looks up) or "table" (whole tables
-            every batch, as FuxiCTR/BARS do; the BARS experiment configs use it).
+        embedding_l2_scope: "batch_rows" (the rows each batch looks up), "table" (whole tables
+            every batch, as FuxiCTR/BARS do; the BARS experiment configs use it) or "mba" (DIN's
+            mini-batch-aware regularisation: the batch's rows weighted by 1 / training count; the
+            counts come from the data module's feature artifacts at setup).
         net_l2: lambda for 1/2 lambda ||w||^2 over every other parameter.
         lr_factor, min_lr: on each validation epoch without a new best AUC, multiply the LR by
             lr_factor (not below min_lr), as BARS does; early stopping is a callback.
@@ -43,6 +45,15 @@ class CTRTask(L.LightningModule):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.model(batch)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.embedding_l2_scope == "mba" and self.hparams.embedding_l2:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "row_counts"):
+                raise RuntimeError("embedding_l2_scope 'mba' needs a data module that provides row_counts()")
+            counts = datamodule.row_counts()
+            for embedding in self._embeddings:
+                embedding.set_row_counts(counts)
 
     def regularization(self, batch: Batch) -> torch.Tensor:
         total = torch.zeros((), device=batch.sparse.device)

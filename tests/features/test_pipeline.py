@@ -209,3 +209,16 @@ def test_prepare_dataset_refuses_a_split_with_a_bad_label_and_leaves_no_cache(tm
     pl.DataFrame({"label": [0, 1], "user": ["a", "b"]}).write_csv(raw / "test.csv")
     prepared = prepare_dataset(cfg, tmp_path / "cache")
     assert (prepared.directory / "DONE").exists() and pl.read_parquet(prepared.split_path("test")).height == 2
+
+
+def test_row_counts_are_training_occurrences_by_id() -> None:
+    raw = pl.DataFrame({"label": [1, 0, 1], "item": ["x", "y", "x"], "hist": ["x^y", "y", ""]})
+    pipe = FeaturePipeline([
+        {"name": "label", "kind": "label"},
+        {"name": "item", "kind": "categorical"},
+        {"name": "hist", "kind": "sequence", "max_len": 2, "share_vocab_with": "item"},
+    ]).fit(raw)
+    counts = pipe.row_counts()["item"]
+    ids = pipe.transform(pl.DataFrame({"label": [0, 0], "item": ["x", "y"], "hist": ["", ""]})).collect()["item"].to_list()
+    # x: 2 as a target + 1 in histories; y: 1 + 2. Padding and OOV rows count nothing.
+    assert counts[ids[0]] == 3 and counts[ids[1]] == 3 and counts[0] == 0 and counts[1] == 0 and len(counts) == 4

@@ -107,3 +107,21 @@ def test_sequence_models_name_the_missing_history() -> None:
     schema = Schema([FieldSpec("user", "categorical", vocab_size=5), FieldSpec("item", "categorical", vocab_size=5)])
     with pytest.raises(ValueError, match="share_vocab_with: item"):
         DIN(schema)
+
+
+def test_din_trains_with_mini_batch_aware_regularisation(small_synthetic, tmp_path) -> None:
+    import pytorch_lightning as L
+
+    from recsys.tasks.ctr import CTRTask
+
+    _, dm = small_synthetic
+    model = build_model(compose_train_config(["model=din"]).model, dm.schema)
+    task = CTRTask(model, embedding_l2=0.1, embedding_l2_scope="mba")
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    inverse = model.behaviours.embedding.default__16__inverse_count
+    # Frequent ids weigh less than rare ones; padding keeps weight 1 (it is never looked up as a row).
+    assert inverse.min() < 0.1 and inverse.max() == 1.0
+    batch = dm.load("train").take(slice(0, 256))
+    assert 0 < task.regularization(batch) < CTRTask(model, embedding_l2=0.1).regularization(batch)

@@ -1,0 +1,174 @@
+"""`recsys bench sequence`: SDIM against DIN-long target attention, side by side in one process, for a
+training step and for scoring, over history lengths; and DARE's search stage at several attention dims.
+
+Inputs are random ids with full-length histories (the worst case for attention), batch 256 by default,
+on an in-memory schema with realistic vocabulary sizes, so the benchmark needs no dataset. Each
+measurement is the median of `--repeats` timed calls after warm-up. Ratios are DIN-long time / SDIM time
+(or full-dim DARE search / reduced-dim), so > 1 means faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recsys.batch import Batch
+from recsys.features.schema import FieldSpec, Schema
+from recsys.models.dare import DARE
+from recsys.models.din import DIN
+from recsys.models.sdim import SDIM
+
+N_ITEMS, N_ATTRS, N_USERS = 100_000, 1_000, 50_000
+
+
+def long_history_schema(length: int) -> Schema:
+    return Schema([
+        FieldSpec("user", "categorical", vocab_size=N_USERS),
+        FieldSpec("item", "categorical", vocab_size=N_ITEMS),
+        FieldSpec("item_attr", "categorical", vocab_size=N_ATTRS),
+        FieldSpec("hist_item", "sequence", max_len=length, share_vocab_with="item", vocab_size=N_ITEMS),
+        FieldSpec("hist_attr", "sequence", max_len=length, share_vocab_with="item_attr", vocab_size=N_ATTRS),
+    ])
+
+
+def random_batch(batch_size: int, length: int, generator: torch.Generator) -> Batch:
+    sparse = torch.stack([torch.randint(2, n, (batch_size,), generator=generator) for n in (N_USERS, N_ITEMS, N_ATTRS)], 1)
+    seq = torch.stack([torch.randint(2, n, (batch_size, length), generator=generator) for n in (N_ITEMS, N_ATTRS)], 1)
+    return Batch(sparse, torch.zeros(batch_size, 0), seq, label=torch.randint(0, 2, (batch_size,), generator=generator).float())
+
+
+def _timer(device: torch.device, repeats: int, warmup: int) -> Callable[[Callable[[], Any]], float]:
+    def median_ms(fn: Callable[[], Any]) -> float:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1000)
+        return statistics.median(times)
+
+    return median_ms
+
+
+def _train_step(model: torch.nn.Module, batch: Batch) -> Callable[[], None]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    device = torch.device(args.device)
+    timed = _timer(device, args.repeats, args.warmup)
+    generator = torch.Generator().manual_seed(args.seed)
+    rows: list[dict[str, Any]] = []
+    dare_rows: list[dict[str, Any]] = []
+    for length in tqdm(args.lengths, desc="history lengths", unit="L"):
+        schema = long_history_schema(length)
+        batch = random_batch(args.batch_size, length, generator).to(device)
+        din = DIN(schema, embedding_dim=args.embedding_dim).to(device)
+        sdim = SDIM(schema, embedding_dim=args.embedding_dim, num_hashes=args.num_hashes, hash_bits=args.hash_bits,
+                    short_length=args.short_length).to(device)
+        row: dict[str, Any] = {"length": length}
+        for name, model in (("din_long", din), ("sdim", sdim)):
+            model.train()
+            row[f"{name}_train_step_ms"] = timed(_train_step(model, batch))
+            model.eval()
+        with torch.no_grad():
+            row["din_long_score_ms"] = timed(lambda: din(batch))
+            row["sdim_score_full_ms"] = timed(lambda: sdim(batch))
+            sums = sdim.behaviour_sums(batch)  # BSE: computed once per user, outside the scoring time
+            row["sdim_bse_precompute_ms"] = timed(lambda: sdim.behaviour_sums(batch))
+            row["sdim_score_bse_ms"] = timed(lambda: sdim.score_with_behaviour_sums(batch, sums))
+        row["train_step_speedup"] = row["din_long_train_step_ms"] / row["sdim_train_step_ms"]
+        row["score_speedup_full"] = row["din_long_score_ms"] / row["sdim_score_full_ms"]
+        row["score_speedup_bse"] = row["din_long_score_ms"] / row["sdim_score_bse_ms"]
+        rows.append(row)
+        with torch.no_grad():
+            for dim in args.dare_attention_dims:
+                dare = DARE(schema, embedding_dim=args.dare_embedding_dim, attention_dim=dim).to(device).eval()
+                dare_rows.append({"length": length, "attention_dim": dim, "search_ms": timed(lambda: dare.search(batch))})
+        del din, sdim
+    for r in dare_rows:
+        full = next(d for d in dare_rows if d["length"] == r["length"] and d["attention_dim"] == args.dare_attention_dims[0])
+        r["search_speedup_vs_first"] = full["search_ms"] / r["search_ms"]
+    return {
+        "settings": {k: v for k, v in vars(args).items() if k != "fn"},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "sdim_vs_din_long": rows,
+        "dare_search": dare_rows,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [
+        f"SDIM (m={s['num_hashes']}, tau={s['hash_bits']}, short k={s['short_length']}) vs DIN-long, batch {s['batch_size']}, "
+        f"dim {s['embedding_dim']}, on {result['device']} ({result['threads']} threads); median ms",
+        "",
+        "| L | DIN-long train step | SDIM train step | speedup | DIN-long score | SDIM score (full) | SDIM score (BSE) | speedup (BSE) | BSE precompute |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["sdim_vs_din_long"]:
+        lines.append(
+            f"| {r['length']} | {r['din_long_train_step_ms']:.1f} | {r['sdim_train_step_ms']:.1f} | {r['train_step_speedup']:.1f}x | "
+            f"{r['din_long_score_ms']:.2f} | {r['sdim_score_full_ms']:.2f} | {r['sdim_score_bse_ms']:.2f} | "
+            f"{r['score_speedup_bse']:.1f}x | {r['sdim_bse_precompute_ms']:.2f} |"
+        )
+    lines += ["", f"DARE search stage (embedding dim {s['dare_embedding_dim']}), median ms", "",
+              "| L | attention dim | search ms | speedup vs dim " + str(s["dare_attention_dims"][0]) + " |", "|---|---|---|---|"]
+    for r in result["dare_search"]:
+        lines.append(f"| {r['length']} | {r['attention_dim']} | {r['search_ms']:.2f} | {r['search_speedup_vs_first']:.2f}x |")
+    return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sequence", help="SDIM vs DIN-long (train step, scoring) and DARE's search stage, over history lengths")
+    p.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024, 4096])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--embedding-dim", type=int, default=16)
+    p.add_argument("--num-hashes", type=int, default=32)
+    p.add_argument("--hash-bits", type=int, default=3)
+    p.add_argument("--short-length", type=int, default=16)
+    p.add_argument("--dare-embedding-dim", type=int, default=64)
+    p.add_argument("--dare-attention-dims", type=int, nargs="+", default=[64, 32, 16])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for sequence.json and sequence.md")
+    p.set_defaults(fn=main)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    result = run(args)
+    table = markdown(result)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sequence.json").write_text(json.dumps(result, indent=2))
+        (out / "sequence.md").write_text(table + "\n")
+    print(table)
+    return result
