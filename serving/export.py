@@ -67,15 +67,6 @@ def input_shapes(schema: Schema) -> dict[str, list[int | str]]:
 INPUT_DTYPES = {"sparse": "int64", "dense": "float32", "seq": "int64"}
 
 
-def _left_shift(x, shift):  # noqa: ANN001, ANN202 - onnxscript values
-    """aten.__lshift__ for int64, which torch's ONNX exporter cannot translate (ONNX's BitShift takes
-    unsigned types only): x << s == x * 2**s. SDIM's hash signatures pack bits with it."""
-    from onnxscript import opset18 as op
-
-    two = op.CastLike(op.Constant(value_int=2), x)
-    return op.Mul(x, op.Pow(two, op.CastLike(shift, x)))
-
-
 def export_onnx(scorer: torch.nn.Module, example: Batch, path: Path) -> None:
     """Trace with torch.export (the `dynamo=True` exporter: the TorchScript one drops unused inputs,
     which would make the signature differ between models) and write one self-contained file."""
@@ -86,7 +77,6 @@ def export_onnx(scorer: torch.nn.Module, example: Batch, path: Path) -> None:
             scorer, example.inputs(), str(path), dynamo=True, external_data=False, optimize=True,
             input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
             dynamic_shapes=tuple({0: batch} for _ in INPUT_NAMES), verbose=False,
-            custom_translation_table={torch.ops.aten.__lshift__.Tensor: _left_shift},
         )
 
 
