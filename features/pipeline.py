@@ -29,6 +29,21 @@ _FLOAT_TYPES = (pl.Float32, pl.Float64)
 HASH_SEED = 0x5EED
 
 
+def normalise(x: Any, f: FieldSpec, signed_log1p: Any) -> Any:
+    """A dense field's fitted normalisation, written once for a Polars expression (training transform)
+    and a NumPy array (the serving encoder): both support the same arithmetic; only the signed log1p
+    is spelled differently, so the caller passes it."""
+    s = f.stats
+    if f.norm == "standard":
+        return (x - s["mean"]) / (s["std"] if s["std"] > 0 else 1.0)
+    if f.norm == "minmax":
+        span = s["max"] - s["min"]
+        return (x - s["min"]) / (span if span > 0 else 1.0)
+    if f.norm == "log":
+        return signed_log1p(x)
+    return x
+
+
 def _dtype_kind(dtype: pl.DataType) -> str:
     if dtype in _INT_TYPES or isinstance(dtype, _INT_TYPES):
         return "int"
@@ -255,14 +270,7 @@ class FeaturePipeline:
             # Bucket i holds (bounds[i-1], bounds[i]]; ids start after padding and out-of-vocabulary.
             position = pl.lit(pl.Series(bounds, dtype=pl.Float64)).search_sorted(x, side="left")
             return (position.cast(pl.Int64) + OOV_ID + 1).fill_null(OOV_ID)
-        if f.norm == "standard":
-            x = (x - s["mean"]) / (s["std"] if s["std"] > 0 else 1.0)
-        elif f.norm == "minmax":
-            span = s["max"] - s["min"]
-            x = (x - s["min"]) / (span if span > 0 else 1.0)
-        elif f.norm == "log":
-            x = x.sign() * x.abs().log1p()
-        return x.cast(pl.Float32)
+        return normalise(x, f, lambda v: v.sign() * v.abs().log1p()).cast(pl.Float32)
 
     def _sequence_expr(self, f: FieldSpec, kind: str) -> pl.Expr:
         tokens, ids = self._vocab_maps(f)

@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from recsys.features.errors import FeatureError
-from recsys.features.pipeline import FeaturePipeline
+from recsys.features.pipeline import FeaturePipeline, normalise
 from recsys.features.schema import OOV_ID, PAD_ID, FieldSpec
 
 
@@ -104,15 +104,7 @@ class RecordEncoder:
 
     def _dense(self, f: FieldSpec, values: list[Any]) -> np.ndarray:
         x = np.array([self._number(f, v, row) for row, v in enumerate(values)], dtype=np.float64)
-        s = f.stats
-        if f.norm == "standard":
-            x = (x - s["mean"]) / (s["std"] if s["std"] > 0 else 1.0)
-        elif f.norm == "minmax":
-            span = s["max"] - s["min"]
-            x = (x - s["min"]) / (span if span > 0 else 1.0)
-        elif f.norm == "log":
-            x = np.sign(x) * np.log1p(np.abs(x))
-        return x.astype(np.float32)
+        return normalise(x, f, lambda v: np.sign(v) * np.log1p(np.abs(v))).astype(np.float32)
 
     def _hashed(self, f: FieldSpec, values: list[Any]) -> list[int]:
         for row, v in enumerate(values):
