@@ -3,6 +3,8 @@
     recsys bench zoo          train the zoo's CTR models on one dataset and print a leaderboard
     recsys bench throughput   our FinalMLP and DeepFM against DeepCTR-Torch's DeepFM, same data and
                               hyper-parameters, each in its own process, one after the other
+    recsys bench sequence     SDIM / DIN-long / DARE speed over history lengths (recsys.bench_sequence)
+    recsys bench accuracy     a suite of experiments over seeds, mean ± sd, and its claims (recsys.bench_accuracy)
     recsys bench serve        the scoring endpoint under load, ONNX Runtime against PyTorch eager
                               (recsys.serving.loadbench; --run NAME=RUN_DIR, repeatable)
 
@@ -213,6 +215,9 @@ def main(argv: list[str]) -> None:
     from recsys.bench_sequence import add_parser as add_sequence_parser
 
     add_sequence_parser(sub)
+    from recsys.bench_accuracy import add_parser as add_accuracy_parser
+
+    add_accuracy_parser(sub)
     for hidden, fn in (("_ours", run_ours), ("_peer_deepctr", run_peer_deepctr)):
         p = sub.add_parser(hidden)
         p.add_argument("--out", required=True)
@@ -226,7 +231,7 @@ def main(argv: list[str]) -> None:
         run_zoo(args)
     elif args.what == "throughput":
         run_throughput(args)
-    elif args.what == "sequence":
+    elif args.what in ("sequence", "accuracy"):
         args.fn(args)
     else:
         print(json.dumps(args.fn(args)))

@@ -3,6 +3,8 @@
     recsys train [hydra overrides]        one run (or a sweep with -m), writes metrics.json
     recsys bench zoo [--data ...]         the zoo's models on one dataset, and a leaderboard
     recsys bench throughput [...]         our training speed against DeepCTR-Torch, side by side
+    recsys bench sequence [...]           SDIM / DIN-long / DARE speed over history lengths
+    recsys bench accuracy [--suite ...]   a suite of experiments over seeds (mean ± sd) and its claims
     recsys report RUNS_DIR [...]          leaderboard (CSV, Markdown) and an HTML report of many runs
     recsys export run_dir=DIR out=DIR     ONNX export of a run, with a parity check against PyTorch
     recsys serve EXPORT_DIR [...]         the HTTP scoring endpoint (ONNX Runtime; --backend torch to compare)

@@ -82,9 +82,9 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
     synthetic = bool(data_cfg.get("synthetic"))
     cache_dir = Path(cache_dir)
     if synthetic:
-        from recsys.synthetic import write_synthetic_ctr
+        from recsys.synthetic import GENERATOR_VERSION, write_synthetic_ctr
 
-        raw_dir = cache_dir / "raw" / f"synthetic-{_digest(data_cfg['synthetic'])}"
+        raw_dir = cache_dir / "raw" / f"synthetic-{_digest({**data_cfg['synthetic'], 'generator': GENERATOR_VERSION})}"
         write_synthetic_ctr(raw_dir, **dict(data_cfg["synthetic"]))
         data_cfg["root"] = str(raw_dir)
     elif data_cfg.get("recipe"):

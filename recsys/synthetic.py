@@ -25,12 +25,16 @@ PLANTED_PAIRS = (("user", "item"), ("item", "context"), ("user", "category"))
 MAX_HISTORY = 20
 
 
+# Bump when what the generator writes changes (v2: the behaviour history), so cached copies are rewritten.
+GENERATOR_VERSION = 2
+
+
 def write_synthetic_ctr(directory: str | Path, n_train: int = 60_000, n_valid: int = 10_000, n_test: int = 10_000,
                         factor_dim: int = 4, seed: int = 2021) -> Path:
     """Write train/valid/test CSVs (label, the categorical FIELDS, one numeric `price`) under `directory`.
     Does nothing if they are already there for the same settings."""
     directory = Path(directory)
-    settings = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "factor_dim": factor_dim, "seed": seed}
+    settings = {"generator": GENERATOR_VERSION, "n_train": n_train, "n_valid": n_valid, "n_test": n_test, "factor_dim": factor_dim, "seed": seed}
     marker = directory / "SYNTHETIC.json"
     if marker.exists() and json.loads(marker.read_text()) == settings:
         return directory

@@ -1,0 +1,233 @@
+"""`recsys bench accuracy`: a suite of experiments (conf/suites/*.yaml), each trained over several seeds,
+summarised as mean ± sd per row, with the suite's claims checked on the seed means.
+
+    recsys bench accuracy --suite sequence --seeds 2021 2022 2023 --jobs 4 --out DIR [hydra overrides]
+
+Every run is a separate `recsys train` process writing to DIR/runs/<name>/seed-<s>/ (its log beside it
+as seed-<s>.log), so runs can go in parallel (`--jobs`; on one GPU too) and one crash loses one run.
+A run whose metrics.json exists is not run again: rerunning the same command resumes an interrupted
+suite. Trailing overrides go to every run (`trainer=gpu`, `trainer.max_epochs=2`, ...). Results go to
+DIR/accuracy.json and DIR/accuracy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+CLAIM_KINDS = ("better", "at_least", "within")
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    name: str
+    experiment: str | None
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def hydra_overrides(self) -> list[str]:
+        return ([f"experiment={self.experiment}"] if self.experiment else []) + list(self.overrides)
+
+    @property
+    def table(self) -> str:
+        return self.name.split("/", 1)[0]
+
+    @property
+    def row(self) -> str:
+        return self.name.split("/", 1)[-1]
+
+
+def load_suite(suite: str) -> tuple[list[SuiteRun], list[dict[str, Any]]]:
+    """A suite by name (conf/suites/<name>.yaml) or by path to a YAML file."""
+    path = Path(suite)
+    if not path.suffix:
+        path = Path(str(files("recsys.conf") / "suites" / f"{suite}.yaml"))
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(str(files("recsys.conf") / "suites")).glob("*.yaml"))
+        raise SystemExit(f"unknown suite {suite!r}: no file {path}; the suites are {known}")
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    runs = [SuiteRun(r["name"], r.get("experiment"), tuple(r.get("overrides") or ())) for r in spec.get("runs") or []]
+    names = [r.name for r in runs]
+    if not runs or len(set(names)) != len(names):
+        raise SystemExit(f"suite {path}: needs runs with unique names (got {names})")
+    claims = list(spec.get("claims") or [])
+    for claim in claims:
+        if claim.get("kind") not in CLAIM_KINDS:
+            raise SystemExit(f"suite {path}: claim {claim} has kind {claim.get('kind')!r}; expected one of {CLAIM_KINDS}")
+        missing = [claim[k] for k in ("a", "b") if claim.get(k) not in names]
+        if missing:
+            raise SystemExit(f"suite {path}: claim {claim} names runs that are not in the suite: {missing}")
+    return runs, claims
+
+
+def run_dir(out: Path, run: SuiteRun, seed: int) -> Path:
+    return out / "runs" / run.name / f"seed-{seed}"
+
+
+def prepare_data(runs: list[SuiteRun], extra: list[str]) -> None:
+    """Fit each distinct dataset once, before runs go in parallel and would all fit it at once."""
+    from omegaconf import OmegaConf
+
+    from recsys.bench import compose_train_config
+    from recsys.data import prepare_dataset
+
+    seen = set()
+    for run in runs:
+        cfg = compose_train_config([*run.hydra_overrides, *extra])
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        key = json.dumps(data, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            print(f"preparing {data['name']}", flush=True)
+            prepare_dataset(data, cfg.paths.cache_dir)
+
+
+def train_one(out: Path, run: SuiteRun, seed: int, extra: list[str], threads: int) -> dict[str, Any]:
+    target = run_dir(out, run, seed)
+    log_path = target.parent / f"seed-{seed}.log"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "recsys.cli", "train", *run.hydra_overrides,
+               f"seed={seed}", f"paths.output_dir={target}", "trainer.enable_progress_bar=false",
+               f"num_threads={threads}", *extra]
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+    return {"name": run.name, "seed": seed, "returncode": code, "seconds": time.perf_counter() - start, "log": str(log_path)}
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[dict[str, Any]]) -> dict[str, Any]:
+    rows, per_seed = [], {}
+    for run in runs:
+        metrics = {}
+        for seed in seeds:
+            path = run_dir(out, run, seed) / "metrics.json"
+            if path.exists():
+                metrics[seed] = json.loads(path.read_text())
+        per_seed[run.name] = {s: m["test"]["auc"] for s, m in metrics.items()}
+        row: dict[str, Any] = {"name": run.name, "table": run.table, "row": run.row, "experiment": run.experiment,
+                               "overrides": list(run.overrides), "seeds": sorted(metrics)}
+        if metrics:
+            ms = list(metrics.values())
+            for key, pick in (("val_auc", lambda m: m["val"]["auc"]), ("test_auc", lambda m: m["test"]["auc"]),
+                              ("test_gauc", lambda m: m["test"].get("gauc", float("nan"))),
+                              ("test_logloss", lambda m: m["test"]["logloss"]), ("epochs", lambda m: m["epochs"]),
+                              ("train_seconds", lambda m: m["train_seconds"])):
+                row[key], row[key + "_sd"] = _mean_sd([float(pick(m)) for m in ms])
+            row["num_parameters"] = ms[0]["num_parameters"]
+            row["dataset"] = ms[0]["dataset"]
+        rows.append(row)
+    by_name = {r["name"]: r for r in rows}
+    checked = []
+    for claim in claims:
+        a, b = by_name[claim["a"]], by_name[claim["b"]]
+        result = dict(claim)
+        if "test_auc" not in a or "test_auc" not in b:
+            result.update(status="not run")
+        else:
+            diff = a["test_auc"] - b["test_auc"]
+            tolerance = float(claim.get("tolerance", 0.0))
+            held = {"better": diff > 0, "at_least": diff >= 0, "within": diff >= -tolerance}[claim["kind"]]
+            common = sorted(set(per_seed[a["name"]]) & set(per_seed[b["name"]]))
+            paired = [per_seed[a["name"]][s] - per_seed[b["name"]][s] for s in common]
+            result.update(status="holds" if held else "fails", difference=diff,
+                          seeds_where_a_wins=sum(d > 0 for d in paired), seeds_compared=len(common))
+        checked.append(result)
+    return {"seeds": seeds, "rows": rows, "claims": checked}
+
+
+def _pm(row: dict[str, Any], key: str, digits: int = 4) -> str:
+    if key not in row:
+        return "—"
+    return f"{row[key]:.{digits}f} ± {row[key + '_sd']:.{digits}f}" if len(row["seeds"]) > 1 else f"{row[key]:.{digits}f}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [f"Seeds: {', '.join(map(str, summary['seeds']))}. Mean ± sd over seeds; test metrics of the epoch "
+             "with the best validation AUC."]
+    for table in dict.fromkeys(r["table"] for r in summary["rows"]):
+        lines += ["", f"### {table}", "",
+                  "| run | seeds | val AUC | test AUC | test gAUC | test logloss | epochs | train s | params |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in summary["rows"] if r["table"] == table):
+            params = f"{r['num_parameters']:,}" if "num_parameters" in r else "—"
+            lines.append(f"| {r['row']} | {len(r['seeds'])} | {_pm(r, 'val_auc')} | {_pm(r, 'test_auc')} | {_pm(r, 'test_gauc')} | "
+                         f"{_pm(r, 'test_logloss')} | {_pm(r, 'epochs', 1)} | {_pm(r, 'train_seconds', 0)} | {params} |")
+    if summary["claims"]:
+        lines += ["", "### Claims (mean test AUC)", "", "| claim | a − b | seeds a wins | status |", "|---|---|---|---|"]
+        words = {"better": "beats", "at_least": "≥", "within": "within {tolerance} of"}
+        for c in summary["claims"]:
+            text = f"{c['a']} {words[c['kind']].format(**c)} {c['b']}"
+            diff = f"{c['difference']:+.4f}" if "difference" in c else "—"
+            wins = f"{c['seeds_where_a_wins']}/{c['seeds_compared']}" if "seeds_compared" in c else "—"
+            lines.append(f"| {text} | {diff} | {wins} | {c['status']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from recsys.features.atomic import write_json_atomic
+
+    runs, claims = load_suite(args.suite)
+    if args.only:
+        runs = [r for r in runs if any(r.name.startswith(prefix) for prefix in args.only)]
+        names = {r.name for r in runs}
+        claims = [c for c in claims if c["a"] in names and c["b"] in names]
+    out = Path(args.out or f"outputs/bench/accuracy-{Path(args.suite).stem}")
+    out.mkdir(parents=True, exist_ok=True)
+    extra = list(args.overrides)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    pending = [(r, s) for r in runs for s in args.seeds if not (run_dir(out, r, s) / "metrics.json").exists()]
+    print(f"{len(runs) * len(args.seeds) - len(pending)} runs already done, {len(pending)} to go, {args.jobs} at a time", flush=True)
+    failures = []
+    if pending:
+        prepare_data(sorted({r for r, _ in pending}, key=runs.index), extra)
+        with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(pending), desc="accuracy runs", unit="run") as bar:
+            futures = [pool.submit(train_one, out, r, s, extra, threads) for r, s in pending]
+            for future in as_completed(futures):
+                done = future.result()
+                bar.update(1)
+                bar.set_postfix_str(f"{done['name']} seed {done['seed']}: {done['seconds']:.0f}s")
+                if done["returncode"] != 0:
+                    failures.append(done)
+                    tqdm.write(f"FAILED {done['name']} seed {done['seed']} (exit {done['returncode']}): see {done['log']}")
+    summary = summarise(out, runs, list(args.seeds), claims)
+    summary["overrides"] = extra
+    summary["failures"] = failures
+    write_json_atomic(out / "accuracy.json", summary)
+    table = markdown(summary)
+    (out / "accuracy.md").write_text(table)
+    print(table)
+    if failures:
+        raise SystemExit(f"{len(failures)} run(s) failed; their logs: {[f['log'] for f in failures]}")
+    return summary
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("accuracy", help="a suite of experiments over several seeds, and its claims")
+    p.add_argument("--suite", default="sequence", help="a name under conf/suites/ or a path to a suite YAML")
+    p.add_argument("--seeds", type=int, nargs="+", default=[2021, 2022, 2023])
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each its own process")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: the cores shared among --jobs)")
+    p.add_argument("--only", nargs="+", default=None, help="run only entries whose name starts with one of these")
+    p.add_argument("--out", default=None, help="folder for runs/, accuracy.json and accuracy.md")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. trainer=gpu")
+    p.set_defaults(fn=main)
