@@ -196,6 +196,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     extra = list(args.overrides)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     pending = [(r, s) for r in runs for s in args.seeds if not (run_dir(out, r, s) / "metrics.json").exists()]
+    if args.summary_only:
+        pending = []
     print(f"{len(runs) * len(args.seeds) - len(pending)} runs already done, {len(pending)} to go, {args.jobs} at a time", flush=True)
     failures = []
     if pending:
@@ -229,5 +231,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: the cores shared among --jobs)")
     p.add_argument("--only", nargs="+", default=None, help="run only entries whose name starts with one of these")
     p.add_argument("--out", default=None, help="folder for runs/, accuracy.json and accuracy.md")
+    p.add_argument("--summary-only", action="store_true", help="train nothing: summarise the runs already in --out")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. trainer=gpu")
     p.set_defaults(fn=main)
