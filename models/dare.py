@@ -8,6 +8,13 @@ behaviours kept, softmax over their scores, then the weighted sum of their repre
 The target-aware representation feeds the MLP together with its element-wise product with the target
 (as in the official code's `use_cross_feature`).
 
+Recency (`recency_dim` > 0, the official code's `use_time` in "concat" mode): each history position has
+an attention and a representation embedding of its log2 distance from the newest behaviour. The search
+score adds the recency attention embedding's dot product with a learned query (the target's time
+embedding in the official code, constant here) to the semantic score, each scaled by its own sqrt(dim),
+and the aggregated representation carries the chosen behaviours' recency embeddings. Without it the
+search ranks a behaviour from years ago the same as yesterday's.
+
 `coupled=True` scores with the representation embeddings themselves (one table): the TWIN/DIN-style
 baseline of the ablation.
 """
@@ -22,7 +29,7 @@ from torch import nn
 from recsys.batch import Batch
 from recsys.features.schema import Schema
 from recsys.layers import MLP, init_linear_layers
-from recsys.sequence import BehaviourEmbedding
+from recsys.sequence import BehaviourEmbedding, RecencyEmbedding
 
 
 class DARE(nn.Module):
@@ -33,6 +40,7 @@ class DARE(nn.Module):
         attention_dim: int | None = None,
         coupled: bool = False,
         top_k: int = 20,
+        recency_dim: int = 16,
         hidden_units: Sequence[int] = (200, 80),
         activation: str = "relu",
         dropout: float = 0.0,
@@ -45,7 +53,15 @@ class DARE(nn.Module):
         self.top_k = top_k
         self.scale = (self.behaviours.num_pairs * self.attention_dim) ** -0.5
         key_dim = self.behaviours.num_pairs * embedding_dim
-        input_dim = self.behaviours.num_context * embedding_dim + key_dim + self.behaviours.value_dim + key_dim
+        self.recency_dim = recency_dim
+        if recency_dim:
+            max_len = max(f.max_len for f in schema.sequence)
+            self.recency = RecencyEmbedding(max_len, recency_dim)
+            # Coupled: one recency table serves both, like the behaviour tables.
+            self.recency_attention = self.recency if coupled else RecencyEmbedding(max_len, recency_dim)
+            self.recency_query = nn.Parameter(torch.randn(recency_dim) * 1e-4)
+        input_dim = (self.behaviours.num_context * embedding_dim + key_dim + self.behaviours.value_dim + recency_dim
+                     + key_dim)
         self.dnn = MLP(input_dim, hidden_units, activation_name=activation, dropout=dropout,
                        batch_norm=batch_norm, output_dim=1)
         init_linear_layers(self)
@@ -56,6 +72,8 @@ class DARE(nn.Module):
         table = "default" if self.coupled else "attention"
         view = self.behaviours(batch, table)
         scores = torch.bmm(view.keys, view.target.unsqueeze(-1)).squeeze(-1) * self.scale  # [B, L]
+        if self.recency_dim:
+            scores = scores + self.recency_attention() @ self.recency_query * self.recency_dim ** -0.5  # + [L]
         # A large negative instead of -inf: a short history's top-k includes padding, whose weight is
         # then zeroed below, and a row with no behaviour at all stays finite.
         scores = scores.masked_fill(view.mask == 0, -1e9)
@@ -69,6 +87,9 @@ class DARE(nn.Module):
         # Only the k chosen behaviours are looked up in the representation tables.
         chosen = batch.seq.gather(2, positions.unsqueeze(1).expand(-1, batch.seq.shape[1], -1))
         view = self.behaviours(Batch(batch.sparse, batch.dense, chosen))
-        interest = torch.bmm(weights.unsqueeze(1), view.values).squeeze(1)  # [B, (P + S) * D]
+        values = view.values
+        if self.recency_dim:
+            values = torch.cat([values, self.recency(positions)], dim=-1)  # [B, k, (P + S) * D + R]
+        interest = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # [B, (P + S) * D + R]
         cross = view.target * interest[:, : view.target.shape[1]]
         return self.dnn(torch.cat([view.context, view.target, interest, cross], dim=1)).squeeze(-1)

@@ -144,3 +144,29 @@ class TargetAttention(nn.Module):
         else:
             weights = scores * mask
         return torch.bmm(weights.unsqueeze(1), values).squeeze(1)
+
+
+class RecencyEmbedding(nn.Module):
+    """A learned embedding of how recent each history position is, in log2 buckets of its distance from
+    the newest behaviour (0, 1-2, 3-6, 7-14, ...): the time embedding of DARE's official code
+    (`use_time`), with position standing in for the time gap, which the histories do not carry.
+
+    Histories are left-padded, newest last, so position j of a length-L history is L - 1 - j behaviours
+    back: the buckets are a fixed buffer, the same for every row, and `forward` needs no data.
+    """
+
+    def __init__(self, max_len: int, dim: int, init_std: float = 1e-4):
+        super().__init__()
+        distance = torch.arange(max_len - 1, -1, -1, dtype=torch.float64)
+        buckets = torch.floor(torch.log2(distance + 1)).long()
+        self.register_buffer("buckets", buckets, persistent=False)  # [L]
+        self.table = nn.Parameter(torch.randn(int(buckets.max()) + 1, dim) * init_std)
+
+    @property
+    def dim(self) -> int:
+        return self.table.shape[1]
+
+    def forward(self, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """[L, dim] for every position, or [..., dim] for the given history positions."""
+        buckets = self.buckets if positions is None else self.buckets[positions]
+        return self.table[buckets]

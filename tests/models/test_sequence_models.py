@@ -101,6 +101,34 @@ def test_dare_decoupled_tables_and_top_k_search(small_synthetic) -> None:
         assert int((only_top_k.seq != 0).sum()) < int((batch.seq != 0).sum())  # something was dropped
 
 
+def test_recency_buckets_are_log2_distances_from_the_newest_behaviour() -> None:
+    from recsys.sequence import RecencyEmbedding
+
+    recency = RecencyEmbedding(max_len=16, dim=4)
+    # Position 15 is the newest; distances 0 | 1-2 | 3-6 | 7-14 | 15.
+    assert recency.buckets.flip(0).tolist() == [0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 4]
+    assert recency().shape == (16, 4) and recency(torch.tensor([[15, 0]])).shape == (1, 2, 4)
+
+
+def test_dare_recency_steers_the_search_to_recent_behaviours(small_synthetic) -> None:
+    _, dm = small_synthetic
+    model = _model("dare", dm, attention_dim=8, top_k=3)
+    batch = _batch(dm)
+    lengths = (batch.seq[:, 0] != 0).sum(1)
+    full = lengths >= 3
+    with torch.no_grad():
+        # A recency score that dwarfs the semantic one: the search must pick the 3 newest behaviours.
+        model.recency_query.fill_(1.0)
+        model.recency_attention.table.copy_(-1e3 * torch.arange(model.recency_attention.table.shape[0]).unsqueeze(1))
+        _, positions = model.search(batch)
+        newest = torch.arange(batch.seq.shape[-1] - 3, batch.seq.shape[-1])
+        assert torch.equal(positions[full].sort(1).values, newest.expand(int(full.sum()), 3))
+        # Without recency embeddings the same tables rank by content alone, so some row picks older ones.
+        plain = _model("dare", dm, attention_dim=8, top_k=3, recency_dim=0)
+        _, plain_positions = plain.search(batch)
+        assert not torch.equal(plain_positions[full].sort(1).values, newest.expand(int(full.sum()), 3))
+
+
 def test_sequence_models_name_the_missing_history() -> None:
     from recsys.features.schema import FieldSpec, Schema
 
