@@ -26,6 +26,7 @@ class SequenceTooLong(FeatureError):
 
 
 _SCALARS = (str, int, float, bool)
+_UNSET = object()
 _SCALAR_TYPES = frozenset(_SCALARS)
 
 
@@ -176,7 +177,14 @@ class RecordEncoder:
         seq = np.full((n, len(self.sequence_fields), self.seq_len), PAD_ID, dtype=np.int64)
         for j, f in enumerate(self.sequence_fields):
             ids = self._ids[f.vocab_key]
+            previous = _UNSET
             for row, value in enumerate(self._column(records, f)):
+                if value is previous:
+                    # The same object as the row before: one user's history shared by its candidates
+                    # (a request's "context"). Encoded once, copied after.
+                    seq[row, j] = seq[row - 1, j]
+                    continue
+                previous = value
                 tokens = self._tokens(f, value, row, max_sequence_items)
                 if tokens:
                     seq[row, j, self.seq_len - len(tokens):] = [ids.get(t, OOV_ID) for t in tokens]

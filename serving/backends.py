@@ -75,6 +75,10 @@ def _onnx_scorer(path: Path, threads: int) -> tuple[Scorer, str]:
     # On 2 cores with concurrent requests, parallelism comes from requests running side by side in
     # threads (ORT releases the GIL); one intra-op thread each avoids oversubscription (README).
     options.intra_op_num_threads = threads
+    if threads > 1:
+        # Workers sleep when idle instead of spinning: a 100-candidate request splits its big ops over
+        # the cores, and the small requests beside it are not starved by busy-waiting threads.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

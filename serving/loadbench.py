@@ -56,10 +56,11 @@ def build_payloads(features_dir: Path, candidates: int, count: int, seed: int = 
 
     bodies = []
     for _ in range(count):
-        # One user with many candidates: the sequence fields (the user's history) are the same for all.
-        shared = {f.source: value(f) for f in fields if f.kind == "sequence"}
-        instances = [{**{f.source: value(f) for f in fields if f.kind != "sequence"}, **shared} for _ in range(candidates)]
-        bodies.append(json.dumps({"instances": instances}).encode())
+        # One user with many candidates: the user's history (the sequence fields) goes once, in
+        # "context", as a client scoring a candidate list would send it (README, "Serving").
+        context = {f.source: value(f) for f in fields if f.kind == "sequence"}
+        instances = [{f.source: value(f) for f in fields if f.kind != "sequence"} for _ in range(candidates)]
+        bodies.append(json.dumps({"instances": instances, **({"context": context} if context else {})}).encode())
     return bodies
 
 

@@ -101,6 +101,25 @@ def test_dare_decoupled_tables_and_top_k_search(small_synthetic) -> None:
         assert int((only_top_k.seq != 0).sum()) < int((batch.seq != 0).sum())  # something was dropped
 
 
+def test_target_attention_equals_the_mlp_on_the_concatenated_input() -> None:
+    """The split first layer must compute DIN's unit as written: MLP([q, k, q - k, q * k])."""
+    from recsys.sequence import TargetAttention
+
+    torch.manual_seed(0)
+    unit = TargetAttention(8, (12, 6), activation="dice").eval()
+    for layer in unit.score:  # non-trivial running statistics, so Dice is not an identity map
+        if hasattr(layer, "norm"):
+            layer.norm.running_mean.normal_()
+            layer.norm.running_var.uniform_(0.5, 2.0)
+            layer.alpha.data.uniform_(-1, 1)
+    query, keys, values = torch.randn(5, 8), torch.randn(5, 7, 8), torch.randn(5, 7, 3)
+    mask = (torch.rand(5, 7) > 0.3).float()
+    q = query.unsqueeze(1).expand_as(keys)
+    scores = unit.score(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1) * mask
+    expected = torch.bmm(scores.unsqueeze(1), values).squeeze(1)
+    torch.testing.assert_close(unit(query, keys, values, mask), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_recency_buckets_are_log2_distances_from_the_newest_behaviour() -> None:
     from recsys.sequence import RecencyEmbedding
 

@@ -95,3 +95,17 @@ def test_a_missing_field_names_the_instance(pipeline: FeaturePipeline) -> None:
     record = {k: v for k, v in RECORDS[0].items() if k != "age"}
     with pytest.raises(FeatureError, match="instance 1: field 'age' is missing"):
         RecordEncoder(pipeline).encode([RECORDS[0], record])
+
+
+def test_a_shared_history_is_encoded_once_and_equals_copies(pipeline: FeaturePipeline) -> None:
+    """Candidates merged with one request context share the history object; the shortcut that encodes
+    it once must give what encoding each copy gives, and must not leak into a row with its own history."""
+    history = ["u1", "u2", "never-seen", "u3", "u4"]
+    shared = [{**r, "hist": history} for r in _with_list_sequences(RECORDS)]
+    copies = [{**r, "hist": list(history)} for r in _with_list_sequences(RECORDS)]
+    shared[3] = {**shared[3], "hist": ["u9"]}
+    copies[3] = {**copies[3], "hist": ["u9"]}
+    encoder = RecordEncoder(pipeline)
+    for a, b in zip(encoder.encode(shared), encoder.encode(copies)):
+        np.testing.assert_array_equal(a, b)
+    assert encoder.encode(shared)[2][3, 0, -2] == 0  # row 3 kept its own one-item history
