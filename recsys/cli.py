@@ -78,7 +78,8 @@ def _serve_main(args: list[str]) -> None:
     parser.add_argument("--max-instances", type=int, default=defaults.max_instances)
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     parser.add_argument("--max-sequence-items", type=int, default=defaults.max_sequence_items)
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per inference call")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="cores one request may use: a large request is scored in that many row chunks side by side")
     a = parser.parse_args(args)
     import logging
 

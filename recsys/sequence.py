@@ -146,9 +146,11 @@ class TargetAttention(nn.Module):
         q = query.unsqueeze(1)
         per_behaviour = F.linear(torch.cat([keys, q * keys], dim=-1), torch.cat([w_k - w_d, w_p], dim=1))
         hidden = F.linear(query, w_q + w_d, first.bias).unsqueeze(1) + per_behaviour
-        for layer in islice(self.score, 1, None):  # the rest of the MLP, as it is
+        # The rest of the MLP on [B * L, H]: 2-D, so an exported graph fuses each bias into its matmul.
+        hidden = hidden.flatten(0, 1)
+        for layer in islice(self.score, 1, None):
             hidden = layer(hidden)
-        scores = hidden.squeeze(-1)  # [B, L]
+        scores = hidden.view(keys.shape[:2])  # [B, L]
         if self.softmax:
             # A large negative rather than -inf: a row with no behaviour gets uniform weight on zero
             # vectors (padding rows stay zero) instead of NaN.

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,14 @@ from recsys.features.records import RecordEncoder
 from recsys.serving.export import FEATURES_DIR, METADATA_FILE, MODEL_FILE, OUTPUT_NAME
 
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# Below this many rows per chunk, splitting a request costs more in calls than it saves.
+MIN_CHUNK_ROWS = 16
+
+
+@lru_cache(maxsize=None)
+def _chunk_pool(size: int) -> ThreadPoolExecutor:
+    """One pool per process (and size), shared by every loaded version, so a reload leaves no threads behind."""
+    return ThreadPoolExecutor(size, thread_name_prefix="score-chunk")
 
 
 @dataclass
@@ -40,10 +50,26 @@ class LoadedModel:
     scorer: Scorer
     device: str = "cpu"
     source: str = ""
+    workers: int = 1  # cores one request may use (`recsys serve --threads`)
 
     def score_records(self, records: Sequence[Mapping[str, Any]], max_sequence_items: int | None = None) -> list[float]:
         sparse, dense, seq = self.encoder.encode(records, max_sequence_items=max_sequence_items)
-        return self.scorer(sparse, dense, seq).tolist()
+        return self.score_arrays(sparse, dense, seq).tolist()
+
+    def score_arrays(self, sparse: np.ndarray, dense: np.ndarray, seq: np.ndarray) -> np.ndarray:
+        """Scores for encoded rows. A request of many rows is cut into up to `workers` chunks of at least
+        MIN_CHUNK_ROWS, scored side by side, each on one thread: both cores work on one large request,
+        and each chunk's activations stay in cache where the whole batch's would not (README, "Serving")."""
+        n = len(sparse)
+        chunks = min(self.workers, n // MIN_CHUNK_ROWS)
+        if chunks < 2:
+            return self.scorer(sparse, dense, seq)
+        bounds = np.linspace(0, n, chunks + 1).astype(int)
+        parts = [(sparse[a:b], dense[a:b], seq[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        pool = _chunk_pool(self.workers - 1)
+        pending = [pool.submit(self.scorer, *part) for part in parts[1:]]
+        first = self.scorer(*parts[0])  # the request's own thread takes one chunk
+        return np.concatenate([first, *(f.result() for f in pending)])
 
     def describe(self) -> dict[str, Any]:
         """What `GET /v1/model` shows: the metadata and the raw fields a request must carry."""
@@ -68,23 +94,13 @@ def describe_field(f: FieldSpec) -> dict[str, Any]:
     return {"name": f.source, **kind}
 
 
-def _onnx_scorer(path: Path, threads: int) -> tuple[Scorer, str]:
+def _onnx_scorer(path: Path) -> tuple[Scorer, str]:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    # On 2 cores with concurrent requests, parallelism comes from requests running side by side in
-    # threads (ORT releases the GIL); one intra-op thread each avoids oversubscription (README).
-    options.intra_op_num_threads = threads
-    if threads > 1:
-        # Workers sleep when idle instead of spinning: a 100-candidate request splits its big ops over
-        # the cores, and the small requests beside it are not starved by busy-waiting threads.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    from recsys.serving.export import onnx_session
+
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        session = ort.InferenceSession(str(path), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        session = onnx_session(path, ("CUDAExecutionProvider", "CPUExecutionProvider"))
 
         def score_cuda(sparse: np.ndarray, dense: np.ndarray, seq: np.ndarray) -> np.ndarray:
             binding = session.io_binding()  # one per call: an IOBinding is not shared between threads
@@ -95,7 +111,7 @@ def _onnx_scorer(path: Path, threads: int) -> tuple[Scorer, str]:
             return binding.copy_outputs_to_cpu()[0]
 
         return score_cuda, "cuda"
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
 
     def score_cpu(sparse: np.ndarray, dense: np.ndarray, seq: np.ndarray) -> np.ndarray:
         return session.run([OUTPUT_NAME], {"sparse": sparse, "dense": dense, "seq": seq})[0]
@@ -110,15 +126,16 @@ def load_export(export_dir: str | Path, threads: int = 1) -> LoadedModel:
         raise FileNotFoundError(f"{export_dir} is not an export (no {METADATA_FILE}); make one with `recsys export`")
     metadata = json.loads(meta_path.read_text())
     encoder = RecordEncoder(FeaturePipeline.load(export_dir / FEATURES_DIR))
-    scorer, device = _onnx_scorer(export_dir / MODEL_FILE, threads)
-    return LoadedModel(metadata["model"], metadata["version"], "onnx", metadata, encoder, scorer, device, str(export_dir.resolve()))
+    scorer, device = _onnx_scorer(export_dir / MODEL_FILE)
+    return LoadedModel(metadata["model"], metadata["version"], "onnx", metadata, encoder, scorer, device,
+                       str(export_dir.resolve()), workers=threads if device == "cpu" else 1)
 
 
 def load_torch_run(run_dir: str | Path, threads: int = 1) -> LoadedModel:
     from recsys.serving.runs import load_run
 
     run = load_run(run_dir)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # as ONNX Runtime: one thread per call, row chunks side by side (LoadedModel)
     module = run.scorer
 
     def score_torch(sparse: np.ndarray, dense: np.ndarray, seq: np.ndarray) -> np.ndarray:
@@ -129,4 +146,4 @@ def load_torch_run(run_dir: str | Path, threads: int = 1) -> LoadedModel:
     metadata = {"model": m.get("model"), "dataset": m.get("dataset"), "run_id": m.get("run_id"),
                 "metrics": {"val": m.get("val"), "test": m.get("test")}, "data_fingerprint": m.get("data_fingerprint")}
     return LoadedModel(str(m.get("model")), f"{m.get('run_id')}.torch", "torch", metadata,
-                       RecordEncoder(run.pipeline), score_torch, "cpu", str(Path(run_dir).resolve()))
+                       RecordEncoder(run.pipeline), score_torch, "cpu", str(Path(run_dir).resolve()), workers=threads)

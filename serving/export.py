@@ -17,6 +17,7 @@ import logging
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -103,14 +104,20 @@ def check_graph(path: Path, schema: Schema) -> None:
         raise ExportError(f"graph outputs are {outputs}; expected one score of shape [batch]")
 
 
-def onnx_session(path: Path, threads: int = 1):  # noqa: ANN201 - onnxruntime.InferenceSession
+def onnx_session(path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)):  # noqa: ANN201 - ort.InferenceSession
+    """The one way this project opens an ONNX model: one intra-op thread, sequential execution, all graph
+    optimisations. Parallelism is the caller's: the endpoint scores row chunks of a large request side by
+    side (`serving.backends`), and concurrent requests run side by side; ORT's own thread pool on top
+    would oversubscribe a small machine."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=list(providers))
 
 
 def _run_onnx(session, batch: Batch) -> np.ndarray:  # noqa: ANN001

@@ -195,7 +195,7 @@ def bench(runs: dict[str, Path], concurrency: list[int], candidates: list[int], 
                 server.stop()
     return {"rows": rows, "goals": check_goals(rows), "settings": {
         "concurrency": concurrency, "candidates": candidates, "max_requests_per_cell": max_requests,
-        "max_seconds_per_cell": max_seconds, "warmup_requests": warmup, "intra_op_threads": threads,
+        "max_seconds_per_cell": max_seconds, "warmup_requests": warmup, "threads_per_request": threads,
         "runs": {k: str(v) for k, v in runs.items()},
     }, "environment": _environment()}
 
@@ -264,7 +264,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--requests", type=int, default=2000, help="at most this many requests per cell")
     parser.add_argument("--seconds", type=float, default=10.0, help="at most this long per cell")
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of each server")
+    parser.add_argument("--threads", type=int, default=1, help="each server's --threads: cores one request may use")
     parser.add_argument("--out", default="docs", help="folder for serving-bench.json and serving-bench.md")
     parser.add_argument("--benchmarks", default=None, help=f"also replace the {MARK_START} section of this Markdown file")
     args = parser.parse_args(argv)
