@@ -83,12 +83,9 @@ def run_zoo(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- throughput
 def _prepared_frappe():  # noqa: ANN202
-    from omegaconf import OmegaConf
+    from recsys.data import prepare_configured
 
-    from recsys.data import prepare_dataset
-
-    cfg = compose_train_config(["experiment=deepfm_frappe_x1"])
-    return prepare_dataset(OmegaConf.to_container(cfg.data, resolve=True), cfg.paths.cache_dir)
+    return prepare_configured(compose_train_config(["experiment=deepfm_frappe_x1"]))
 
 
 def run_peer_deepctr(args: argparse.Namespace) -> dict[str, Any]:

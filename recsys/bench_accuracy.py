@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ CLAIM_KINDS = ("better", "at_least", "within")
 class SuiteRun:
     name: str
     experiment: str | None
-    overrides: tuple[str, ...] = field(default_factory=tuple)
+    overrides: tuple[str, ...] = ()
 
     @property
     def hydra_overrides(self) -> list[str]:
@@ -77,21 +77,13 @@ def run_dir(out: Path, run: SuiteRun, seed: int) -> Path:
 
 
 def prepare_data(runs: list[SuiteRun], extra: list[str]) -> None:
-    """Fit each distinct dataset once, before runs go in parallel and would all fit it at once."""
-    from omegaconf import OmegaConf
-
+    """Fit each dataset before runs go in parallel and would all fit it at once (a dataset already in
+    the cache is only checked)."""
     from recsys.bench import compose_train_config
-    from recsys.data import prepare_dataset
+    from recsys.data import prepare_configured
 
-    seen = set()
     for run in runs:
-        cfg = compose_train_config([*run.hydra_overrides, *extra])
-        data = OmegaConf.to_container(cfg.data, resolve=True)
-        key = json.dumps(data, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            print(f"preparing {data['name']}", flush=True)
-            prepare_dataset(data, cfg.paths.cache_dir)
+        prepare_configured(compose_train_config([*run.hydra_overrides, *extra]))
 
 
 def train_one(out: Path, run: SuiteRun, seed: int, extra: list[str], threads: int) -> dict[str, Any]:

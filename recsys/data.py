@@ -115,6 +115,13 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
     return prepared
 
 
+def prepare_configured(cfg: Any) -> PreparedData:
+    """`prepare_dataset` for a composed training config (its `data` group and `paths.cache_dir`)."""
+    from omegaconf import OmegaConf
+
+    return prepare_dataset(OmegaConf.to_container(cfg.data, resolve=True), cfg.paths.cache_dir)
+
+
 def materialise_recipe(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Path:
     """Run the config's recipe on its source files under `data_cfg["root"]` (RECSYS_DATA_DIR), once per
     (recipe settings, source files, recipe code version): the raw splits go to

@@ -16,7 +16,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.data import CTRDataModule, prepare_dataset
+from recsys.data import CTRDataModule, prepare_configured
 from recsys.features import Schema
 from recsys.features.atomic import write_json_atomic
 from recsys.runinfo import environment, run_id
@@ -80,7 +80,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
-    prepared = prepare_dataset(OmegaConf.to_container(cfg.data, resolve=True), cfg.paths.cache_dir)
+    prepared = prepare_configured(cfg)
     datamodule = CTRDataModule(prepared, batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed)
     datamodule.setup()
     model = build_model(cfg.model, datamodule.schema)
