@@ -21,7 +21,7 @@ import torch
 
 from recsys.batch import Batch
 from recsys.features import FeatureError, FeaturePipeline, Schema, scan_table
-from recsys.features.atomic import atomic_directory
+from recsys.features.atomic import atomic_directory, write_json_atomic
 from recsys.features.recipes import RECIPES_VERSION, recipe_sources, write_recipe
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,24 @@ class PreparedData:
         return Schema.load(self.features_dir / FeaturePipeline.SCHEMA_FILE)
 
 
-def _file_identity(path: Path) -> dict[str, Any]:
+def _file_identity(path: Path, cache_dir: Path) -> dict[str, Any]:
+    """A raw file by what it holds: name, size and SHA-256 of its bytes. The same data under another root,
+    or copied afresh (a new mtime), keeps its cache and its runs' fingerprint, so a run trained yesterday
+    still exports today; an edited file refits. The digest is memoised per (path, size, mtime), so a
+    large file is read once, not at every run."""
+    path = path.resolve()
     stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo = cache_dir / "file-digests" / f"{_digest([str(path), stat.st_size, stat.st_mtime_ns])}.json"
+    if memo.exists():
+        return json.loads(memo.read_text())
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 22):
+            sha.update(block)
+    identity = {"name": path.name, "size": stat.st_size, "sha256": sha.hexdigest()}
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(memo, identity)
+    return identity
 
 
 def resolve_files(data_cfg: Mapping[str, Any]) -> dict[str, Path]:
@@ -74,8 +89,8 @@ def resolve_files(data_cfg: Mapping[str, Any]) -> dict[str, Path]:
 
 def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> PreparedData:
     """Fit features on train and write every split as Parquet, once per fingerprint. The fingerprint
-    covers the field config, the raw files (path, size, mtime) and the feature code version, so a change
-    to any of them refits. Written to a temporary folder and renamed, so an interrupted run leaves no
+    covers the field config, the raw files' contents (`_file_identity`) and the feature code version, so
+    a change to any of them refits. Written to a temporary folder and renamed, so an interrupted run leaves no
     half-written cache behind. A config with a `recipe:` block first has its raw splits written by
     that recipe (see `materialise_recipe`)."""
     data_cfg = dict(data_cfg)
@@ -96,7 +111,7 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
         "version": FEATURES_CACHE_VERSION,
         "fields": fields,
         "reader": reader,
-        "files": {s: _file_identity(p) for s, p in files.items()},
+        "files": {s: _file_identity(p, cache_dir) for s, p in files.items()},
     }
     target = cache_dir / f"{data_cfg['name']}-{_digest(key)}"
     prepared = PreparedData(str(data_cfg["name"]), target, synthetic)
@@ -131,7 +146,7 @@ def materialise_recipe(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Pa
     key = {
         "version": RECIPES_VERSION,
         "recipe": recipe,
-        "sources": {role: _file_identity(path) for role, path in sources.items()},
+        "sources": {role: _file_identity(path, Path(cache_dir)) for role, path in sources.items()},
     }
     raw_dir = Path(cache_dir) / "raw" / f"{data_cfg['name']}-{_digest(key)}"
     if raw_dir.exists():  # only atomic_directory creates it, so it is complete

@@ -203,7 +203,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, rows: int = PARITY_ROWS,
     name = run.metrics.get("model")
     valid, fingerprint = validation_rows(run, rows, cache_dir)
     if run.metrics.get("data_fingerprint") not in (None, fingerprint):
-        raise ExportError(f"the run was trained on data {run.metrics['data_fingerprint']}, but its config now gives {fingerprint}")
+        raise ExportError(f"the run was trained on data {run.metrics['data_fingerprint']}, but its config now gives "
+                          f"{fingerprint}: the raw files' contents or the field config changed since training, so "
+                          "the parity check would compare against other data; retrain the run on the current data")
     if len(valid) <= TRACE_ROWS:
         raise ExportError(f"only {len(valid)} validation rows; parity needs more than the {TRACE_ROWS} traced")
     with atomic_directory(out) as tmp:

@@ -205,10 +205,35 @@ def test_prepare_dataset_refuses_a_split_with_a_bad_label_and_leaves_no_cache(tm
            "fields": [{"name": "label", "kind": "label"}, {"name": "user", "kind": "categorical"}]}
     with pytest.raises(FeatureError, match="split 'test': 1 rows have a label other than 0 or 1"):
         prepare_dataset(cfg, tmp_path / "cache")
-    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written left behind
+    # nothing half-written left behind (only the memo of the raw files' digests)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["file-digests"]
     pl.DataFrame({"label": [0, 1], "user": ["a", "b"]}).write_csv(raw / "test.csv")
     prepared = prepare_dataset(cfg, tmp_path / "cache")
     assert (prepared.directory / "DONE").exists() and pl.read_parquet(prepared.split_path("test")).height == 2
+
+
+def test_dataset_fingerprint_follows_file_contents_not_location_or_mtime(tmp_path) -> None:
+    """The shared data folder is rewritten with new mtimes, and lives elsewhere on other machines: a run's
+    data fingerprint must survive both (or it can no longer be exported), and change when a file does."""
+    import os
+    import shutil
+
+    from recsys.data import prepare_dataset
+
+    first = tmp_path / "first"
+    first.mkdir()
+    for split in ("train", "valid", "test"):
+        pl.DataFrame({"label": [0, 1, 1], "user": ["a", "b", split]}).write_csv(first / f"{split}.csv")
+    cfg = {"name": "tiny", "files": {s: f"{s}.csv" for s in ("train", "valid", "test")},
+           "fields": [{"name": "label", "kind": "label"}, {"name": "user", "kind": "categorical"}]}
+    before = prepare_dataset({**cfg, "root": str(first)}, tmp_path / "cache").fingerprint
+
+    copy = shutil.copytree(first, tmp_path / "copy", copy_function=shutil.copyfile)  # new paths, new mtimes
+    os.utime(copy / "train.csv", ns=(1, 1))
+    assert prepare_dataset({**cfg, "root": str(copy)}, tmp_path / "cache").fingerprint == before
+
+    pl.DataFrame({"label": [0, 1, 1], "user": ["a", "b", "c"]}).write_csv(copy / "valid.csv")
+    assert prepare_dataset({**cfg, "root": str(copy)}, tmp_path / "cache").fingerprint != before
 
 
 def test_row_counts_are_training_occurrences_by_id() -> None:
