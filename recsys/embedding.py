@@ -192,11 +192,19 @@ class FeatureEmbedding(nn.Module):
             parts.append(pooled)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def _group_sequences(self, batch: Batch, group: _Group) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = batch.seq.index_select(1, self._get(group, "seq_cols"))
-        mask = (ids != 0).to(self.weights[group.key].dtype)
-        shifted = ids + self._get(group, "seq_offsets").view(1, -1, 1)
-        return nn.functional.embedding(shifted, self.weights[group.key]), mask
+    def _group_sequences(self, batch: Batch, group: _Group, fields: torch.Tensor | None = None,
+                         by_position: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = batch.seq.index_select(1, self._get(group, "seq_cols"))  # [B, S, L]
+        offsets = self._get(group, "seq_offsets")
+        # Fields are picked and reordered on the ids, not on the [.., D] embeddings, so the lookup is the
+        # only pass that writes the large float tensor.
+        if fields is not None:
+            ids, offsets = ids.index_select(1, fields), offsets.index_select(0, fields)
+        mask = ids != 0
+        shifted = ids + offsets.view(1, -1, 1)
+        if by_position:
+            shifted, mask = shifted.transpose(1, 2), mask.transpose(1, 2)
+        return nn.functional.embedding(shifted, self.weights[group.key]), mask.to(self.weights[group.key].dtype)
 
     def forward(self, batch: Batch, table: str = "default", *, pooled_sequences: bool = True) -> torch.Tensor:
         """Field embeddings [B, F, D] of a table set whose fields share one width D. With
@@ -214,12 +222,15 @@ class FeatureEmbedding(nn.Module):
         joined = torch.cat([self._group_fields(batch, g).flatten(1) for g in groups], dim=1)
         return joined.index_select(1, getattr(self, f"{table}__flat_order"))
 
-    def sequences(self, batch: Batch, table: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
-        """Unpooled sequence embeddings [B, S, L, D] and their mask [B, S, L] (1 for items, 0 padding)."""
+    def sequences(self, batch: Batch, table: str = "default", fields: torch.Tensor | None = None,
+                  by_position: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unpooled sequence embeddings [B, S, L, D] and their mask [B, S, L] (1 for items, 0 padding).
+        `fields` picks and orders the table set's sequence fields (indices among them); `by_position`
+        gives [B, L, S, D] and [B, L, S] instead, each position's fields side by side."""
         groups = [g for g in self.groups[table] if g.seq_fields]
         if len(groups) != 1:
             raise ValueError(f"sequence fields of table set {table!r} must share one width")
-        return self._group_sequences(batch, groups[0])
+        return self._group_sequences(batch, groups[0], fields, by_position)
 
     # ------------------------------------------------------------------ regularisation
     def set_row_counts(self, counts: Mapping[str, torch.Tensor]) -> None:

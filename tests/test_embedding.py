@@ -56,6 +56,27 @@ def test_sequence_mean_pooling_ignores_padding(fitted) -> None:
     assert torch.equal(pooled[1], torch.zeros(3))  # the empty history pools to zero
 
 
+def test_sequences_by_position_picks_and_reorders_fields_on_the_ids() -> None:
+    raw = pl.DataFrame({"label": [1, 0], "item": ["x", "y"], "cat": ["c1", "c2"],
+                        "hist": ["x^y", "y"], "hist_cat": ["c1^c2", "c2"]})
+    pipe = FeaturePipeline([
+        {"name": "label", "kind": "label"},
+        {"name": "item", "kind": "categorical"},
+        {"name": "cat", "kind": "categorical"},
+        {"name": "hist", "kind": "sequence", "max_len": 3, "share_vocab_with": "item"},
+        {"name": "hist_cat", "kind": "sequence", "max_len": 3, "share_vocab_with": "cat"},
+    ]).fit(raw)
+    batch = frame_to_batch(pipe.transform(raw).collect(), pipe.schema)
+    emb = FeatureEmbedding(pipe.schema, 4)
+    by_field, mask = emb.sequences(batch)  # [B, S, L, D]
+    swapped = torch.tensor([1, 0])
+    by_position, position_mask = emb.sequences(batch, fields=swapped, by_position=True)  # [B, L, S, D]
+    assert by_position.shape == (2, 3, 2, 4) and position_mask.shape == (2, 3, 2)
+    assert torch.equal(by_position, by_field[:, [1, 0]].permute(0, 2, 1, 3))
+    assert torch.equal(position_mask, mask[:, [1, 0]].transpose(1, 2))
+    assert position_mask[1].tolist() == [[0, 0], [0, 0], [1, 1]]  # left-padded: one behaviour, newest last
+
+
 def test_per_field_widths_flat_follows_schema_order(fitted) -> None:
     schema, batch = fitted
     emb = FeatureEmbedding(schema, {"user": 2, "item": 5, "*": 3})
