@@ -15,11 +15,18 @@ class Dice(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm1d(width, affine=False, eps=eps)
         self.alpha = nn.Parameter(torch.zeros(width))
+        self.register_buffer("_zeros", torch.zeros(width), persistent=False)
+        self.register_buffer("_ones", torch.ones(width), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid(self.norm(x.reshape(-1, x.shape[-1]))).view_as(x)
-        # p + (1 - p) * alpha, written with one op fewer over the activations.
-        return x * (self.alpha + (1.0 - self.alpha) * p)
+        p = torch.sigmoid(self.norm(x.reshape(-1, x.shape[-1])))
+        # The gate alpha + (1 - alpha) * p is a per-unit affine map of p: batch_norm in inference form with
+        # mean 0 and variance 1 (eps 0) is exactly that map, and exports as one BatchNormalization node
+        # instead of a Mul and an Add over every activation (DIN's attention MLP runs Dice on
+        # candidates x behaviours rows when serving; 1.14x on its ONNX latency, BENCHMARKS "Serving").
+        gate = nn.functional.batch_norm(p, self._zeros, self._ones, weight=1.0 - self.alpha, bias=self.alpha,
+                                        training=False, eps=0.0)
+        return x * gate.view_as(x)
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "prelu": nn.PReLU,
