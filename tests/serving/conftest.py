@@ -42,6 +42,11 @@ class TinyRuns:
 
     def raw_valid(self, n: int) -> list[dict[str, Any]]:
         """Raw validation rows as a client would send them (label dropped)."""
+        from recsys.bench import compose_train_config
+        from recsys.data import prepare_configured
+
+        # The synthetic set is written on first use, which need not be a training run of this session.
+        prepare_configured(compose_train_config([*SERVING_SYNTHETIC, f"paths.cache_dir={self.cache}"]))
         (path,) = self.cache.glob("raw/synthetic-*/valid.csv")
         return pl.read_csv(path, n_rows=n, infer_schema_length=0).drop("label").to_dicts()
 

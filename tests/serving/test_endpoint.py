@@ -67,6 +67,44 @@ def test_a_large_request_is_scored_in_chunks_side_by_side(exported, tiny_runs) -
     assert chunks == [20]
 
 
+def test_io_binding_path_scores_as_the_plain_session(exported, tiny_runs, monkeypatch) -> None:
+    """The CUDA path's binding code, run on a CPU session; and onnxruntime claiming the CUDA provider
+    on a machine where it cannot start falls back to the CPU and reports it (no GPU here)."""
+    import onnxruntime as ort
+
+    from recsys.serving.backends import io_binding_scorer
+    from recsys.serving.export import MODEL_FILE, onnx_session
+
+    plain = load_export(exported(MODEL))
+    sparse, dense, seq = plain.encoder.encode(tiny_runs.raw_valid(50))
+    bound = io_binding_scorer(onnx_session(exported(MODEL) / MODEL_FILE))
+    np.testing.assert_allclose(bound(sparse, dense, seq), plain.scorer(sparse, dense, seq), atol=1e-7, rtol=0)
+    np.testing.assert_allclose(bound(sparse[7:9], dense[7:9], seq[7:9]), plain.scorer(sparse, dense, seq)[7:9], atol=1e-7, rtol=0)
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        claimed = load_export(exported(MODEL))
+        assert claimed.device == "cpu" and claimed.describe()["device"] == "cpu"
+        np.testing.assert_allclose(claimed.scorer(sparse, dense, seq), plain.scorer(sparse, dense, seq), atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_provider_with_io_binding_scores_as_the_cpu(exported, tiny_runs) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (install the gpu extra: onnxruntime-gpu)")
+    on_gpu = load_export(exported(MODEL))
+    assert on_gpu.device == "cuda"
+    from recsys.serving.export import MODEL_FILE, onnx_session
+
+    cpu = onnx_session(exported(MODEL) / MODEL_FILE)
+    sparse, dense, seq = on_gpu.encoder.encode(tiny_runs.raw_valid(200))
+    expected = cpu.run(None, {"sparse": sparse, "dense": dense, "seq": seq})[0]
+    np.testing.assert_allclose(on_gpu.score_arrays(sparse, dense, seq), expected, atol=1e-5, rtol=0)
+
+
 def test_sequence_forms_context_and_unseen_values(server, tiny_runs) -> None:
     raw = tiny_runs.raw_valid(5)
     base = call(server, "POST", "/v1/score", {"instances": raw})[1]["scores"]
