@@ -3,7 +3,9 @@
 For every `--run NAME=RUN_DIR` it exports the run (with the parity check), starts two `recsys serve`
 processes on loopback (ONNX on the export, torch on the run folder), and measures both cell by cell,
 alternating, so the two see the same machine state: concurrency levels x candidates per request.
-Each cell is bounded by a number of requests and by seconds, whichever ends first.
+Each cell is bounded by a number of requests and by seconds, whichever ends first, and measured
+`--repeats` times, minutes apart; the report gives each statistic's median over the repeats, so one burst
+of load from another job on a shared machine does not decide a goal.
 
 The client is asyncio on raw keep-alive HTTP/1.1 connections: a heavier client (threads, a full HTTP
 library) would take more of the two cores the server also needs, and inflate the latencies it reports.
@@ -168,7 +170,10 @@ class Server:
 
 
 def bench(runs: dict[str, Path], concurrency: list[int], candidates: list[int], max_requests: int, max_seconds: float,
-          warmup: int, threads: int, work: Path) -> dict[str, Any]:
+          warmup: int, threads: int, work: Path, repeats: int = 3) -> dict[str, Any]:
+    """Every cell `repeats` times. The repeat loop is outside the cell loops, so the repeats of one cell
+    are minutes apart, and a burst of load from another job on the machine spoils one repeat of a few
+    cells, not every repeat of one cell."""
     from recsys.serving.export import export_run
 
     rows = []
@@ -179,25 +184,51 @@ def bench(runs: dict[str, Path], concurrency: list[int], candidates: list[int], 
         try:
             for server in servers.values():
                 server.wait_ready()
-            for n in candidates:
-                bodies = build_payloads(export_dir / "features", n, 64, seed=n)
-                for server in servers.values():  # warm both before measuring either
-                    asyncio.run(run_cell(server.port, bodies, 1, warmup, max_seconds))
-                for c in concurrency:
-                    for backend, server in servers.items():
-                        cell = asyncio.run(run_cell(server.port, bodies, c, max_requests, max_seconds))
-                        rows.append({"run": name, "model": meta["model"], "dataset": meta["dataset"], "backend": backend,
-                                     "candidates": n, "concurrency": c, **cell})
-                        print(f"{name:>10} {backend:>5} candidates={n:<4} concurrency={c:<3} p50 {cell['p50_ms']:.2f} ms  "
-                              f"p99 {cell['p99_ms']:.2f} ms  {cell['requests_per_second']:.0f} req/s  errors {cell['errors']}", flush=True)
+            for repeat in range(repeats):
+                for n in candidates:
+                    bodies = build_payloads(export_dir / "features", n, 64, seed=n)
+                    for server in servers.values():  # warm both before measuring either
+                        asyncio.run(run_cell(server.port, bodies, 1, warmup, max_seconds))
+                    for c in concurrency:
+                        for backend, server in servers.items():
+                            cell = asyncio.run(run_cell(server.port, bodies, c, max_requests, max_seconds))
+                            rows.append({"run": name, "model": meta["model"], "dataset": meta["dataset"], "backend": backend,
+                                         "candidates": n, "concurrency": c, "repeat": repeat, **cell})
+                            print(f"{name:>10} {backend:>5} candidates={n:<4} concurrency={c:<3} repeat {repeat + 1}/{repeats}  "
+                                  f"p50 {cell['p50_ms']:.2f} ms  p99 {cell['p99_ms']:.2f} ms  "
+                                  f"{cell['requests_per_second']:.0f} req/s  errors {cell['errors']}", flush=True)
         finally:
             for server in servers.values():
                 server.stop()
-    return {"rows": rows, "goals": check_goals(rows), "settings": {
+    cells = summarise(rows)
+    return {"cells": cells, "rows": rows, "goals": check_goals(cells), "settings": {
         "concurrency": concurrency, "candidates": candidates, "max_requests_per_cell": max_requests,
         "max_seconds_per_cell": max_seconds, "warmup_requests": warmup, "threads_per_request": threads,
-        "runs": {k: str(v) for k, v in runs.items()},
+        "repeats": repeats, "runs": {k: str(v) for k, v in runs.items()},
     }, "environment": _environment()}
+
+
+STATS = ("p50_ms", "p95_ms", "p99_ms", "requests_per_second")
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell: each statistic's median over the cell's repeats, the p99 of every repeat, and
+    the errors of all repeats together."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["run"], r["candidates"], r["concurrency"], r["backend"]), []).append(r)
+    cells = []
+    for reps in groups.values():
+        first = reps[0]
+        cell = {k: first[k] for k in ("run", "model", "dataset", "backend", "candidates", "concurrency")}
+        for stat in STATS:
+            values = [r[stat] for r in reps if r[stat] is not None]
+            cell[stat] = float(np.median(values)) if values else None
+        cell["p99_ms_by_repeat"] = [r["p99_ms"] for r in reps]
+        cell["requests"] = sum(r["requests"] for r in reps)
+        cell["errors"] = sum(r["errors"] for r in reps)
+        cells.append(cell)
+    return cells
 
 
 def _environment() -> dict[str, Any]:
@@ -210,16 +241,20 @@ def _environment() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def check_goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's goals, checked on the ONNX rows: p99 at concurrency 1, zero errors at 32."""
+def check_goals(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's goals, checked on the ONNX cells: p99 at concurrency 1 (the median over repeats of
+    each repeat's p99; the check also says in how many repeats it held on its own), and zero errors at
+    concurrency 32 in every repeat."""
     checks = []
-    for r in rows:
+    for r in cells:
         if r["backend"] != "onnx":
             continue
         if r["concurrency"] == 1 and r["candidates"] in (1, 100):
             limit = GOALS["p99_ms_1_candidate"] if r["candidates"] == 1 else GOALS["p99_ms_100_candidates"]
+            by_repeat = [v for v in r["p99_ms_by_repeat"] if v is not None]
             checks.append({"run": r["run"], "goal": f"p99 <= {limit} ms, {r['candidates']} candidate(s), concurrency 1",
-                           "value": r["p99_ms"], "met": r["p99_ms"] is not None and r["p99_ms"] <= limit})
+                           "value": r["p99_ms"], "met": r["p99_ms"] is not None and r["p99_ms"] <= limit,
+                           "repeats_met": sum(v <= limit for v in by_repeat), "repeats": len(r["p99_ms_by_repeat"])})
         if r["concurrency"] == 32:
             checks.append({"run": r["run"], "goal": f"zero errors, {r['candidates']} candidate(s), concurrency 32",
                            "value": r["errors"], "met": r["errors"] == 0 and r["requests"] > 0})
@@ -227,14 +262,17 @@ def check_goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = result["rows"]
-    by_key = {(r["run"], r["candidates"], r["concurrency"], r["backend"]): r for r in rows}
+    cells = result["cells"]
+    repeats = result["settings"].get("repeats", 1)
+    by_key = {(r["run"], r["candidates"], r["concurrency"], r["backend"]): r for r in cells}
     lines = [
-        "| run (model, data) | candidates | concurrency | ONNX p50 / p95 / p99 ms | ONNX req/s | torch p50 / p95 / p99 ms | torch req/s | p99 torch/ONNX | req/s ONNX/torch | errors ONNX, torch |",
-        "|---|---:|---:|---|---:|---|---:|---:|---:|---|",
+        f"Each statistic is the median over {repeats} repeat(s) of the cell; errors are summed over them.",
+        "",
+        "| run (model, data) | candidates | concurrency | ONNX p50 / p95 / p99 ms | ONNX p99 by repeat | ONNX req/s | torch p50 / p95 / p99 ms | torch req/s | p99 torch/ONNX | req/s ONNX/torch | errors ONNX, torch |",
+        "|---|---:|---:|---|---|---:|---|---:|---:|---:|---|",
     ]
     seen = []
-    for r in rows:
+    for r in cells:
         key = (r["run"], r["candidates"], r["concurrency"])
         if key in seen:
             continue
@@ -242,15 +280,21 @@ def markdown(result: dict[str, Any]) -> str:
         o, t = by_key.get((*key, "onnx")), by_key.get((*key, "torch"))
         if not o or not t:
             continue
+        by_repeat = ", ".join(f"{v:.2f}" for v in o["p99_ms_by_repeat"] if v is not None)
         lines.append(
             f"| {r['run']} ({r['model']}, {r['dataset']}) | {r['candidates']} | {r['concurrency']} "
-            f"| {o['p50_ms']:.2f} / {o['p95_ms']:.2f} / {o['p99_ms']:.2f} | {o['requests_per_second']:.0f} "
+            f"| {o['p50_ms']:.2f} / {o['p95_ms']:.2f} / {o['p99_ms']:.2f} | {by_repeat} | {o['requests_per_second']:.0f} "
             f"| {t['p50_ms']:.2f} / {t['p95_ms']:.2f} / {t['p99_ms']:.2f} | {t['requests_per_second']:.0f} "
             f"| {t['p99_ms'] / o['p99_ms']:.2f}x | {o['requests_per_second'] / t['requests_per_second']:.2f}x | {o['errors']}, {t['errors']} |"
         )
     lines += ["", "Goals (ONNX):", ""]
     for g in result["goals"]:
-        got = "no requests" if g["value"] is None else (f"{g['value']} errors" if "errors" in g["goal"] else f"{g['value']:.2f} ms")
+        if g["value"] is None:
+            got = "no requests"
+        elif "errors" in g["goal"]:
+            got = f"{g['value']} errors"
+        else:
+            got = f"{g['value']:.2f} ms; held in {g['repeats_met']} of {g['repeats']} repeats on its own"
         lines.append(f"- {'met' if g['met'] else 'MISSED'}: {g['run']}: {g['goal']} (got {got})")
     return "\n".join(lines) + "\n"
 
@@ -264,6 +308,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--requests", type=int, default=2000, help="at most this many requests per cell")
     parser.add_argument("--seconds", type=float, default=10.0, help="at most this long per cell")
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="measure every cell this many times, minutes apart; the report takes the median")
     parser.add_argument("--threads", type=int, default=1, help="each server's --threads: cores one request may use")
     parser.add_argument("--out", default="docs", help="folder for serving-bench.json and serving-bench.md")
     parser.add_argument("--benchmarks", default=None, help=f"also replace the {MARK_START} section of this Markdown file")
@@ -276,7 +322,7 @@ def main(argv: list[str]) -> None:
         runs[name] = Path(path)
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as work:
         result = bench(runs, [int(c) for c in args.concurrency.split(",")], [int(c) for c in args.candidates.split(",")],
-                       args.requests, args.seconds, args.warmup, args.threads, Path(work))
+                       args.requests, args.seconds, args.warmup, args.threads, Path(work), args.repeats)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "serving-bench.json").write_text(json.dumps(result, indent=2))
