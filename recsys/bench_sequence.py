@@ -3,7 +3,8 @@ training step and for scoring, over history lengths; and DARE's search stage at 
 
 Inputs are random ids with full-length histories (the worst case for attention), batch 256 by default,
 on an in-memory schema with realistic vocabulary sizes, so the benchmark needs no dataset. Each
-measurement is the median of `--repeats` timed calls after warm-up. Ratios are DIN-long time / SDIM time
+measurement is the median of `--repeats` timed calls after warm-up, and the calls compared are timed in
+turns (DIN-long, SDIM, DIN-long, ...), so both sides of a ratio see the same machine state. Ratios are DIN-long time / SDIM time
 (or full-dim DARE search / reduced-dim), so > 1 means faster.
 """
 
@@ -45,20 +46,26 @@ def random_batch(batch_size: int, length: int, generator: torch.Generator) -> Ba
     return Batch(sparse, torch.zeros(batch_size, 0), seq, label=torch.randint(0, 2, (batch_size,), generator=generator).float())
 
 
-def _timer(device: torch.device, repeats: int, warmup: int) -> Callable[[Callable[[], Any]], float]:
-    def median_ms(fn: Callable[[], Any]) -> float:
+def _timer(device: torch.device, repeats: int, warmup: int) -> Callable[[dict[Any, Callable[[], Any]]], dict[Any, float]]:
+    """Median ms of each of several calls, timed in turns (a, b, a, b, ...), so that the calls whose
+    ratio is reported see the same machine state: on a shared machine, timing one call's repeats and
+    then the other's lets a burst of load from another job land on one side only."""
+
+    def median_ms(calls: dict[Any, Callable[[], Any]]) -> dict[Any, float]:
         for _ in range(warmup):
-            fn()
-        times = []
+            for fn in calls.values():
+                fn()
+        times: dict[Any, list[float]] = {name: [] for name in calls}
         for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
+            for name, fn in calls.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append((time.perf_counter() - start) * 1000)
+        return {name: statistics.median(t) for name, t in times.items()}
 
     return median_ms
 
@@ -90,25 +97,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sdim = SDIM(schema, embedding_dim=args.embedding_dim, num_hashes=args.num_hashes, hash_bits=args.hash_bits,
                     short_length=args.short_length).to(device)
         row: dict[str, Any] = {"length": length}
-        for name, model in (("din_long", din), ("sdim", sdim)):
-            model.train()
-            row[f"{name}_train_step_ms"] = timed(_train_step(model, batch))
-            model.eval()
+        din.train(), sdim.train()
+        steps = timed({"din_long_train_step_ms": _train_step(din, batch), "sdim_train_step_ms": _train_step(sdim, batch)})
+        row.update(steps)
+        din.eval(), sdim.eval()
         with torch.no_grad():
-            row["din_long_score_ms"] = timed(lambda: din(batch))
-            row["sdim_score_full_ms"] = timed(lambda: sdim(batch))
             sums = sdim.behaviour_sums(batch)  # BSE: computed once per user, outside the scoring time
-            row["sdim_bse_precompute_ms"] = timed(lambda: sdim.behaviour_sums(batch))
-            row["sdim_score_bse_ms"] = timed(lambda: sdim.score_with_behaviour_sums(batch, sums))
+            row.update(timed({
+                "din_long_score_ms": lambda: din(batch),
+                "sdim_score_full_ms": lambda: sdim(batch),
+                "sdim_bse_precompute_ms": lambda: sdim.behaviour_sums(batch),
+                "sdim_score_bse_ms": lambda: sdim.score_with_behaviour_sums(batch, sums),
+            }))
         row["train_step_speedup"] = row["din_long_train_step_ms"] / row["sdim_train_step_ms"]
         row["score_speedup_full"] = row["din_long_score_ms"] / row["sdim_score_full_ms"]
         row["score_speedup_bse"] = row["din_long_score_ms"] / row["sdim_score_bse_ms"]
         rows.append(row)
         with torch.no_grad():
-            for dim in args.dare_attention_dims:
-                dare = DARE(schema, embedding_dim=args.dare_embedding_dim, attention_dim=dim).to(device).eval()
-                dare_rows.append({"length": length, "attention_dim": dim, "search_ms": timed(lambda: dare.search(batch))})
-        del din, sdim
+            dares = {dim: DARE(schema, embedding_dim=args.dare_embedding_dim, attention_dim=dim).to(device).eval()
+                     for dim in args.dare_attention_dims}
+            searched = timed({dim: (lambda d=dare: d.search(batch)) for dim, dare in dares.items()})
+            dare_rows += [{"length": length, "attention_dim": dim, "search_ms": ms} for dim, ms in searched.items()]
+        del din, sdim, dares
     for r in dare_rows:
         full = next(d for d in dare_rows if d["length"] == r["length"] and d["attention_dim"] == args.dare_attention_dims[0])
         r["search_speedup_vs_first"] = full["search_ms"] / r["search_ms"]
