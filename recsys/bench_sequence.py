@@ -97,10 +97,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sdim = SDIM(schema, embedding_dim=args.embedding_dim, num_hashes=args.num_hashes, hash_bits=args.hash_bits,
                     short_length=args.short_length).to(device)
         row: dict[str, Any] = {"length": length}
-        din.train(), sdim.train()
-        steps = timed({"din_long_train_step_ms": _train_step(din, batch), "sdim_train_step_ms": _train_step(sdim, batch)})
-        row.update(steps)
-        din.eval(), sdim.eval()
+        din.train()
+        sdim.train()
+        row.update(timed({"din_long_train_step_ms": _train_step(din, batch), "sdim_train_step_ms": _train_step(sdim, batch)}))
+        din.eval()
+        sdim.eval()
         with torch.no_grad():
             sums = sdim.behaviour_sums(batch)  # BSE: computed once per user, outside the scoring time
             row.update(timed({

@@ -125,7 +125,7 @@ def _onnx_scorer(path: Path) -> tuple[Scorer, str]:
         return io_binding_scorer(session), "cuda"
 
     def score_cpu(sparse: np.ndarray, dense: np.ndarray, seq: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], {"sparse": sparse, "dense": dense, "seq": seq})[0]
+        return session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, (sparse, dense, seq))))[0]
 
     return score_cpu, "cpu"
 
