@@ -184,9 +184,9 @@ def bench(runs: dict[str, Path], concurrency: list[int], candidates: list[int], 
         try:
             for server in servers.values():
                 server.wait_ready()
+            payloads = {n: build_payloads(export_dir / "features", n, 64, seed=n) for n in candidates}  # the same in every repeat
             for repeat in range(repeats):
-                for n in candidates:
-                    bodies = build_payloads(export_dir / "features", n, 64, seed=n)
+                for n, bodies in payloads.items():
                     for server in servers.values():  # warm both before measuring either
                         asyncio.run(run_cell(server.port, bodies, 1, warmup, max_seconds))
                     for c in concurrency:
