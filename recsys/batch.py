@@ -6,7 +6,7 @@ never in the tensors. Padding id 0 and out-of-vocabulary id 1 everywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -18,25 +18,29 @@ class Batch:
     sparse: torch.Tensor  # int64 [B, F_sparse]
     dense: torch.Tensor  # float32 [B, F_dense]
     seq: torch.Tensor  # int64 [B, F_seq, L]; empty [B, 0, 0] when the schema has no sequence
-    label: torch.Tensor | None = None  # float32 [B]; training and evaluation only
+    label: torch.Tensor | None = None  # float32 [B]; CTR training and evaluation only
     group: torch.Tensor | None = None  # int64 [B]; grouped metrics (gAUC) only
+    # Next-item tasks only: the item id to predict, int64 [B] (evaluation) or [B, L] for every position of
+    # the input sequence (training; 0 where there is nothing to predict).
+    target: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.sparse.shape[0]
 
+    def _map(self, fn) -> Batch:  # noqa: ANN001 - tensor -> tensor
+        return Batch(*(None if t is None else fn(t) for t in (getattr(self, f.name) for f in fields(self))))
+
     def take(self, index: torch.Tensor | slice) -> Batch:
         """Rows `index` of every tensor: one gather per group, never a loop over rows."""
-        return Batch(
-            self.sparse[index],
-            self.dense[index],
-            self.seq[index],
-            None if self.label is None else self.label[index],
-            None if self.group is None else self.group[index],
-        )
+        return self._map(lambda t: t[index])
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The model inputs, positionally, as ONNX export takes them."""
         return self.sparse, self.dense, self.seq
 
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(None if t is None else t.to(device) for t in (self.sparse, self.dense, self.seq, self.label, self.group)))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies, so a later `to(cuda, non_blocking=True)` overlaps the copy with compute."""
+        return self._map(lambda t: t.pin_memory())

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from recsys.serving.backends import load_export
-from recsys.serving.loadbench import build_payloads
+from recsys.bench.serve import build_payloads
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """A trained run folder turned back into a scoring model: metrics.json + the Lightning checkpoint +
-features/, as `recsys.train` wrote them."""
+features/, as `recsys train` wrote them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.batch import Batch
 from recsys.features import FeaturePipeline, Schema
-from recsys.train import build_model
+from recsys.config import build_model
 
 
 class RunError(Exception):

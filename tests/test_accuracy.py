@@ -5,8 +5,8 @@ learn stays near .5; four epochs of a working FinalMLP reach about .977 on valid
 
 from __future__ import annotations
 
-from recsys.bench import compose_train_config
-from recsys.train import train
+from recsys.config import compose_train_config
+from recsys.commands.train import train
 
 
 def test_finalmlp_learns_frappe_x1(real_file, tmp_path) -> None:
@@ -33,7 +33,7 @@ def test_din_learns_amazon_beauty_and_uses_the_history(real_file, tmp_path) -> N
     from recsys.data import CTRDataModule, prepare_dataset
     from recsys.metrics import auc
     from recsys.tasks.ctr import CTRTask
-    from recsys.train import build_model
+    from recsys.config import build_model
 
     real_file("s3rec_seqrec/Beauty.txt")
     cfg = compose_train_config([

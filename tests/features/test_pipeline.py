@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from recsys.features import OOV_ID, FeatureError, FeaturePipeline, Schema, scan_table
+from recsys.features import OOV_ID, FeatureError, FeaturePipeline, Schema
 from recsys.features.hashing import bucket_expr, with_int64_hash
 from recsys.kernels.hashing import hash_bucket, stable_hash
 

@@ -98,7 +98,7 @@ def test_amazon_writes_are_deterministic_and_seeded(beauty, real_file, tmp_path:
 
 
 def test_amazon_config_prepares_padded_sequences_once(real_file, tmp_path: Path) -> None:
-    from recsys.bench import compose_train_config
+    from recsys.config import compose_train_config
     from recsys.data import prepare_dataset
 
     data_root = real_file("s3rec_seqrec/Beauty.txt").parents[1]
@@ -127,7 +127,7 @@ def test_amazon_config_prepares_padded_sequences_once(real_file, tmp_path: Path)
 
 
 def test_other_amazon_categories_take_one_config_value() -> None:
-    from recsys.bench import compose_train_config
+    from recsys.config import compose_train_config
 
     cfg = compose_train_config(["data=amazon_beauty_din", "data.recipe.dataset=Sports_and_Outdoors"])
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
@@ -233,7 +233,7 @@ def test_ml100k_side_features(ml100k, real_file) -> None:
 
 
 def test_ml100k_gauc_groups_keep_users_unseen_in_training_apart(ml100k) -> None:
-    from recsys.bench import compose_train_config
+    from recsys.config import compose_train_config
     from recsys.features import FeaturePipeline
 
     fields = OmegaConf.to_container(compose_train_config(["data=ml100k_long"]).data.fields, resolve=True)

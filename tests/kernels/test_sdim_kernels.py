@@ -91,8 +91,8 @@ def test_twin_matches_a_direct_per_hash_definition() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_sdim_model_on_cuda_runs_the_kernels_and_matches_the_cpu_twin(small_synthetic) -> None:
-    from recsys.bench import compose_train_config
-    from recsys.train import build_model
+    from recsys.config import compose_train_config
+    from recsys.config import build_model
 
     _, dm = small_synthetic
     model = build_model(compose_train_config(["model=sdim"]).model, dm.schema).eval()

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from recsys.batch import Batch
-from recsys.bench import compose_train_config
+from recsys.config import compose_train_config
 from recsys.models.din import DIN
 from recsys.sequence import BehaviourFields
-from recsys.train import build_model
+from recsys.config import build_model
 
 
 def _model(name: str, datamodule, **params):

@@ -259,7 +259,7 @@ def _free_port() -> int:
 def test_serve_command_with_token_and_sighup(exported, tiny_runs) -> None:
     port = _free_port()
     env = {**os.environ, "RECSYS_SERVE_TOKEN": "s3cret"}
-    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", str(exported(MODEL)), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "recsys.commands.cli", "serve", str(exported(MODEL)), "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     address = f"127.0.0.1:{port}"
     try:

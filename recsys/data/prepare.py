@@ -1,25 +1,18 @@
-"""Datasets: raw files -> fitted features (cached, keyed by a fingerprint) -> tensors -> index-slice batches.
-
-A split's columns are loaded once into a `Batch` of whole-split tensors; a training batch is one gather
-of a slice of a permutation, never a per-row `__getitem__` and collate.
-"""
+"""Raw files -> fitted features and transformed splits, cached under a fingerprint of the field config,
+the raw files' contents and the feature code version. Written whole or not at all."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
-import pytorch_lightning as L
-import torch
 
-from recsys.batch import Batch
 from recsys.features import FeatureError, FeaturePipeline, Schema, scan_table
 from recsys.features.atomic import atomic_directory, write_json_atomic
 from recsys.features.recipes import RECIPES_VERSION, recipe_sources, write_recipe
@@ -97,7 +90,7 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
     synthetic = bool(data_cfg.get("synthetic"))
     cache_dir = Path(cache_dir)
     if synthetic:
-        from recsys.synthetic import GENERATOR_VERSION, write_synthetic_ctr
+        from recsys.data.synthetic import GENERATOR_VERSION, write_synthetic_ctr
 
         raw_dir = cache_dir / "raw" / f"synthetic-{_digest({**data_cfg['synthetic'], 'generator': GENERATOR_VERSION})}"
         write_synthetic_ctr(raw_dir, **dict(data_cfg["synthetic"]))
@@ -128,13 +121,6 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
         (tmp / "fingerprint.json").write_text(json.dumps(key, indent=2))
         (tmp / "DONE").touch()
     return prepared
-
-
-def prepare_configured(cfg: Any) -> PreparedData:
-    """`prepare_dataset` for a composed training config (its `data` group and `paths.cache_dir`)."""
-    from omegaconf import OmegaConf
-
-    return prepare_dataset(OmegaConf.to_container(cfg.data, resolve=True), cfg.paths.cache_dir)
 
 
 def materialise_recipe(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Path:
@@ -170,101 +156,3 @@ def check_labels(frame: pl.LazyFrame, schema: Schema, split: str) -> None:
     bad = frame.select(pl.col(label.name).is_nan().sum()).collect().item()
     if bad:
         raise FeatureError(f"split {split!r}: {bad} rows have a label other than 0 or 1 in column {label.source!r}")
-
-
-def frame_to_batch(frame: pl.DataFrame, schema: Schema) -> Batch:
-    """Whole-frame tensors in the Batch layout (column order from the schema)."""
-    n = frame.height
-
-    def matrix(names: list[str], dtype: Any) -> np.ndarray:
-        if not names:
-            return np.zeros((n, 0), dtype=dtype)
-        return np.array(frame.select(names).to_numpy(), dtype=dtype, order="C")  # owned and writable
-
-    sparse = torch.from_numpy(matrix([f.name for f in schema.sparse], np.int64))
-    dense = torch.from_numpy(matrix([f.name for f in schema.dense], np.float32))
-    seq_fields = schema.sequence
-    if seq_fields:
-        lengths = {f.max_len for f in seq_fields}
-        if len(lengths) != 1:
-            raise FeatureError(f"sequence fields must share one max_len in a Batch, got {sorted(lengths)}")
-        seq = torch.from_numpy(np.stack([frame[f.name].to_numpy() for f in seq_fields], axis=1).astype(np.int64))
-    else:
-        seq = torch.zeros((n, 0, 0), dtype=torch.int64)
-    label = group = None
-    if schema.label is not None and schema.label.name in frame.columns:
-        label = torch.from_numpy(np.array(frame[schema.label.name].to_numpy(), dtype=np.float32))
-    if schema.group is not None and schema.group.name in frame.columns:
-        group = torch.from_numpy(np.array(frame[schema.group.name].to_numpy(), dtype=np.int64))
-    return Batch(sparse, dense, seq, label, group)
-
-
-class BatchIterator:
-    """Batches of a whole-split Batch by index slices. Shuffled with its own generator, reseeded per epoch
-    from (seed, epoch) so a resumed run sees the same order.
-
-    Under data parallelism (world_size > 1) every process draws the same global batches and keeps its
-    share of each (rows rank, rank + world_size, ...), so the global batch, and the averaged gradient,
-    match a single-process run with the same batch_size."""
-
-    def __init__(self, data: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
-        self.data, self.batch_size, self.shuffle, self.seed, self.drop_last = data, batch_size, shuffle, seed, drop_last
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        n = len(self.data)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[Batch]:
-        n = len(self.data)
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=generator)
-        self.epoch += 1
-        for i in range(len(self)):
-            start = i * self.batch_size
-            stop = min(start + self.batch_size, n)
-            if self.world_size > 1:
-                rows = (order[start:stop] if self.shuffle else torch.arange(start, stop))[self.rank :: self.world_size]
-                yield self.data.take(rows)
-            else:
-                yield self.data.take(order[start:stop]) if self.shuffle else self.data.take(slice(start, stop))
-
-
-class CTRDataModule(L.LightningDataModule):
-    def __init__(self, prepared: PreparedData, batch_size: int = 4096, eval_batch_size: int = 16384, seed: int = 0):
-        super().__init__()
-        self.prepared = prepared
-        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
-        self.schema = prepared.schema()
-        self.splits: dict[str, Batch] = {}
-
-    def load(self, split: str) -> Batch:
-        if split not in self.splits:
-            self.splits[split] = frame_to_batch(pl.read_parquet(self.prepared.split_path(split)), self.schema)
-        return self.splits[split]
-
-    def setup(self, stage: str | None = None) -> None:
-        for split in SPLITS:
-            self.load(split)
-
-    def row_counts(self) -> dict[str, np.ndarray]:
-        """Training occurrence counts per vocabulary table, from the fitted feature artifacts."""
-        return FeaturePipeline.load(self.prepared.features_dir).row_counts()
-
-    def _shard(self) -> dict[str, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.world_size <= 1:
-            return {}
-        return {"rank": trainer.global_rank, "world_size": trainer.world_size}
-
-    def train_dataloader(self) -> BatchIterator:
-        return BatchIterator(self.load("train"), self.batch_size, shuffle=True, seed=self.seed, **self._shard())
-
-    def val_dataloader(self) -> BatchIterator:
-        return BatchIterator(self.load("valid"), self.eval_batch_size, shuffle=False, **self._shard())
-
-    def test_dataloader(self) -> BatchIterator:
-        return BatchIterator(self.load("test"), self.eval_batch_size, shuffle=False, **self._shard())

@@ -137,7 +137,7 @@ class Server:
         self.backend = backend
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recsys.cli", "serve", str(source), "--backend", backend, "--host", "127.0.0.1",
+            [sys.executable, "-m", "recsys.commands.cli", "serve", str(source), "--backend", backend, "--host", "127.0.0.1",
              "--port", str(self.port), "--threads", str(threads), "--max-instances", "1000"],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RECSYS_SERVE_TOKEN": ""},
         )
@@ -299,8 +299,9 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="recsys bench serve", description=__doc__.split("\n\n")[0])
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("serve", help="the scoring endpoint under load, ONNX Runtime against PyTorch eager",
+                            description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
                         help="a trained run folder to serve (repeat for several models)")
     parser.add_argument("--concurrency", default="1,8,32")
@@ -313,7 +314,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int, default=1, help="each server's --threads: cores one request may use")
     parser.add_argument("--out", default="docs", help="folder for serving-bench.json and serving-bench.md")
     parser.add_argument("--benchmarks", default=None, help=f"also replace the {MARK_START} section of this Markdown file")
-    args = parser.parse_args(argv)
+    parser.set_defaults(fn=main, parser=parser)
+
+
+def main(args: argparse.Namespace) -> None:
+    parser = args.parser
     runs = {}
     for spec in args.run:
         name, sep, path = spec.partition("=")

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from recsys.bench_sequence import _timer, add_parser, run
+from recsys.bench.sequence import _timer, add_parser, run
 
 
 def test_compared_calls_are_timed_in_turns_after_warm_up() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys.report import collect, leaderboard, markdown, reliability, report, roc_points
+from recsys.commands.report import collect, leaderboard, markdown, reliability, report, roc_points
 
 
 def _metrics(model: str, val: float, test: float, **extra) -> dict:
@@ -95,7 +95,7 @@ def test_report_writes_csv_markdown_and_offline_html(tmp_path) -> None:
 
 
 def test_varying_settings_names_only_what_differs() -> None:
-    from recsys.report import varying_settings
+    from recsys.commands.report import varying_settings
 
     a, b = _metrics("fm", 0.9, 0.9), _metrics("fm", 0.91, 0.9)
     b["config"] = {"model": {"dim": 10}, "task": {"learning_rate": 3e-3}, "seed": 1}

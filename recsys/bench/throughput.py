@@ -1,89 +1,20 @@
-"""Benchmarks anyone can rerun.
-
-    recsys bench zoo          train the zoo's CTR models on one dataset and print a leaderboard
-    recsys bench throughput   our FinalMLP and DeepFM against DeepCTR-Torch's DeepFM, same data and
-                              hyper-parameters, each in its own process, one after the other
-    recsys bench sequence     SDIM / DIN-long / DARE speed over history lengths (recsys.bench_sequence)
-    recsys bench accuracy     a suite of experiments over seeds, mean ± sd, and its claims (recsys.bench_accuracy)
-    recsys bench serve        the scoring endpoint under load, ONNX Runtime against PyTorch eager
-                              (recsys.serving.loadbench; --run NAME=RUN_DIR, repeatable)
-
-Real data comes from RECSYS_DATA_DIR (frappe_x1/); without it `zoo` falls back to the clearly labelled
-synthetic dataset, so a first run works anywhere.
-"""
+"""`recsys bench throughput`: our training speed on Frappe_x1 against DeepCTR-Torch's, each contender in a
+fresh interpreter (`python -m recsys.bench.throughput CONTENDER ...`, started by the benchmark), on the
+same transformed ids and hyper-parameters."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ZOO_MODELS = ("lr", "fm", "deepfm", "dcnv2", "autoint", "finalmlp")
 
-
-def frappe_available() -> bool:
-    root = os.environ.get("RECSYS_DATA_DIR")
-    return bool(root) and all((Path(root) / "frappe_x1" / f"{s}.csv").exists() for s in ("train", "valid", "test"))
-
-
-def compose_train_config(overrides: list[str]):  # noqa: ANN201 - DictConfig
-    """The config `recsys train OVERRIDES` would run, composed in-process (Hydra's compose API)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="recsys.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
-def run_zoo(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
-
-    from recsys.train import train
-
-    data = args.data
-    if data == "auto":
-        data = "frappe_x1" if frappe_available() else "synthetic"
-    if data == "synthetic":
-        print("RECSYS_DATA_DIR has no frappe_x1/: using the SYNTHETIC dataset with planted interactions "
-              "(a smoke run, not a benchmark).", flush=True)
-    out = Path(args.out or f"outputs/zoo/{data}-{time.strftime('%Y%m%d-%H%M%S')}")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(models) - set(ZOO_MODELS))
-    if unknown:
-        raise SystemExit(f"unknown model(s) {unknown}; the zoo has {list(ZOO_MODELS)}")
-    rows = []
-    for model in tqdm(models, desc=f"zoo on {data}", unit="model"):
-        overrides = [f"experiment={model}_frappe_x1"] if data == "frappe_x1" else [f"model={model}", f"data={data}"]
-        overrides += [f"paths.output_dir={out / model}", "trainer.enable_progress_bar=false"]
-        if args.max_epochs:
-            overrides.append(f"trainer.max_epochs={args.max_epochs}")
-        rows.append(train(compose_train_config(overrides), out / model))
-    # The same collector and tables as `recsys report`, so the zoo also gets the HTML report.
-    from recsys.report import markdown, report
-
-    frame, _ = report(out, out / "report")
-    title = f"Leaderboard on {data}" + (" (SYNTHETIC data)" if data == "synthetic" else "")
-    table = markdown(frame)
-    (out / "leaderboard.md").write_text(f"# {title}\n\n{table}")
-    print(f"\n{title}\n{table}\nwritten to {out / 'leaderboard.md'} and {out / 'report' / 'report.html'}")
-    return rows
-
-
-# ---------------------------------------------------------------------------- throughput
 def _prepared_frappe():  # noqa: ANN202
-    from recsys.data import prepare_configured
+    from recsys.config import compose_train_config, prepare_configured
 
     return prepare_configured(compose_train_config(["experiment=deepfm_frappe_x1"]))
 
@@ -140,7 +71,8 @@ def run_peer_deepctr(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from recsys.train import train
+    from recsys.commands.train import train
+    from recsys.config import compose_train_config
 
     out = Path(args.out) / (f"ours_{args.model}" + (f"_{args.precision}" if args.precision else ""))
     overrides = [f"experiment={args.model}_frappe_x1", f"paths.output_dir={out}", "trainer.enable_progress_bar=false",
@@ -157,7 +89,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
 def _in_subprocess(argv: list[str]) -> dict[str, Any]:
     """Run one contender in a fresh interpreter, so neither side inherits the other's caches or threads."""
-    proc = subprocess.run([sys.executable, "-m", "recsys.cli", "bench", *argv], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "recsys.bench.throughput", *argv], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark step {argv} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -166,16 +98,18 @@ def _in_subprocess(argv: list[str]) -> dict[str, Any]:
 def run_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
+    from recsys.bench.zoo import frappe_available
+
     if not frappe_available():
         raise SystemExit("bench throughput needs Frappe_x1: set RECSYS_DATA_DIR to the folder holding frappe_x1/")
     out = Path(args.out or f"outputs/bench/throughput-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     _prepared_frappe()  # fit features once, outside the timings
     common = ["--out", str(out), "--max-epochs", str(args.max_epochs), "--seed", str(args.seed)]
-    steps = [["_ours", "--model", "finalmlp", *common], ["_ours", "--model", "deepfm", *common]]
+    steps = [["ours", "--model", "finalmlp", *common], ["ours", "--model", "deepfm", *common]]
     if args.precision:
-        steps += [["_ours", "--model", m, "--precision", args.precision, *common] for m in ("finalmlp", "deepfm")]
-    steps.append(["_peer_deepctr", *common])
+        steps += [["ours", "--model", m, "--precision", args.precision, *common] for m in ("finalmlp", "deepfm")]
+    steps.append(["peer_deepctr", *common])
     results = [_in_subprocess(step) for step in tqdm(steps, desc="throughput", unit="run")]
     peer = results[-1]
     lines = ["| implementation | train samples/s | vs DeepCTR-Torch DeepFM | time to best val AUC (s) | epochs | best val AUC | test AUC |",
@@ -190,33 +124,21 @@ def run_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     print(table)
     return results
 
-
-def main(argv: list[str]) -> None:
-    if argv[:1] == ["serve"]:  # its own options, so its own parser
-        from recsys.serving.loadbench import main as serve_bench_main
-
-        serve_bench_main(argv[1:])
-        return
-    parser = argparse.ArgumentParser(prog="recsys bench")
-    sub = parser.add_subparsers(dest="what", required=True)
-    zoo = sub.add_parser("zoo", help="train the zoo on one dataset and print a leaderboard")
-    zoo.add_argument("--data", default="auto", choices=["auto", "frappe_x1", "synthetic"])
-    zoo.add_argument("--models", default=",".join(ZOO_MODELS))
-    zoo.add_argument("--max-epochs", type=int, default=None, help="cap on epochs (default: the experiment's, 100)")
-    zoo.add_argument("--out", default=None)
+def add_parser(sub: argparse._SubParsersAction) -> None:
     thr = sub.add_parser("throughput", help="our training throughput against DeepCTR-Torch on Frappe_x1")
     thr.add_argument("--max-epochs", type=int, default=100)
     thr.add_argument("--seed", type=int, default=2021)
     thr.add_argument("--precision", default=None, help="also run our two models at this Lightning precision, e.g. bf16-mixed")
     thr.add_argument("--out", default=None)
-    from recsys.bench_sequence import add_parser as add_sequence_parser
+    thr.set_defaults(fn=run_throughput)
 
-    add_sequence_parser(sub)
-    from recsys.bench_accuracy import add_parser as add_accuracy_parser
 
-    add_accuracy_parser(sub)
-    for hidden, fn in (("_ours", run_ours), ("_peer_deepctr", run_peer_deepctr)):
-        p = sub.add_parser(hidden)
+def _worker(argv: list[str]) -> None:
+    """One contender in this interpreter; prints its result as one JSON line (what `_in_subprocess` reads)."""
+    parser = argparse.ArgumentParser(prog="python -m recsys.bench.throughput")
+    sub = parser.add_subparsers(dest="contender", required=True)
+    for name, fn in (("ours", run_ours), ("peer_deepctr", run_peer_deepctr)):
+        p = sub.add_parser(name)
         p.add_argument("--out", required=True)
         p.add_argument("--max-epochs", type=int, default=100)
         p.add_argument("--seed", type=int, default=2021)
@@ -224,11 +146,8 @@ def main(argv: list[str]) -> None:
         p.add_argument("--precision", default=None)
         p.set_defaults(fn=fn)
     args = parser.parse_args(argv)
-    if args.what == "zoo":
-        run_zoo(args)
-    elif args.what == "throughput":
-        run_throughput(args)
-    elif args.what in ("sequence", "accuracy"):
-        args.fn(args)
-    else:
-        print(json.dumps(args.fn(args)))
+    print(json.dumps(args.fn(args)))
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1:])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SMALL_SYNTHETIC
+from ..conftest import SMALL_SYNTHETIC
 
 SMALL = [*SMALL_SYNTHETIC, "trainer.max_epochs=1"]
 
@@ -23,7 +23,7 @@ def _suite(tmp_path: Path, runs: list[dict], claims: list[dict]) -> Path:
 
 
 def _bench(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recsys.cli", "bench", "accuracy", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "recsys.commands.cli", "bench", "accuracy", *args], capture_output=True, text=True,
                           env={**os.environ, "RECSYS_CACHE_DIR": str(cache)}, timeout=600)
 
 
@@ -71,7 +71,7 @@ def test_a_failed_run_is_named_with_its_log_and_the_rest_still_run(tmp_path: Pat
 
 
 def test_unknown_suite_and_claims_on_missing_runs_are_named(tmp_path: Path) -> None:
-    from recsys.bench_accuracy import load_suite
+    from recsys.bench.accuracy import load_suite
 
     with pytest.raises(SystemExit, match="unknown suite 'nope'.*sequence"):
         load_suite("nope")

@@ -13,14 +13,12 @@ from typing import Any
 import polars as pl
 import pytorch_lightning as L
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.data import CTRDataModule, prepare_configured
-from recsys.features import Schema
+from recsys.config import build_datamodule, build_model, build_task, prepare_configured
 from recsys.features.atomic import write_json_atomic
 from recsys.runinfo import environment, run_id
-from recsys.tasks.ctr import CTRTask
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +54,28 @@ def _relative(path: str, root: Path) -> str:
     return str(resolved.relative_to(base)) if resolved.is_relative_to(base) else str(resolved)
 
 
-def write_predictions(task: CTRTask, path: Path) -> None:
-    """Validation and test scores of the selected checkpoint, for ROC and calibration plots."""
+def write_predictions(task: L.LightningModule, path: Path) -> None:
+    """Validation and test scores of the selected checkpoint, for ROC and calibration plots (CTR tasks)."""
     frames = [
         pl.DataFrame({"split": split, "logit": logits.float().numpy(), "label": labels.float().numpy()})
-        for split, (logits, labels) in task.last_predictions.items()
+        for split, (logits, labels) in getattr(task, "last_predictions", {}).items()
     ]
     if frames:
         pl.concat(frames).write_parquet(path)
 
 
-def build_model(model_cfg: DictConfig, schema: Schema) -> torch.nn.Module:
-    """The model named by `_target_`, built from the schema and the config's hyper-parameters. (The
-    schema is passed directly rather than through `instantiate`, which would turn it into a config.)"""
-    params = OmegaConf.to_container(model_cfg, resolve=True)
-    target = params.pop("_target_")
-    return get_class(target)(schema, **params)
+def selection_callbacks(cfg: DictConfig, task: L.LightningModule) -> list[L.Callback]:
+    """The configured callbacks; early stopping and checkpointing watch the task's own metric unless the
+    config names another."""
+    callbacks = []
+    for node in (cfg.get("callbacks") or {}).values():
+        watches = {"monitor": task.monitor, "mode": task.mode}
+        target = str(node.get("_target_", ""))
+        if target.endswith(("EarlyStopping", "ModelCheckpoint")):
+            callbacks.append(instantiate(node, **{k: v for k, v in watches.items() if node.get(k) is None}))
+        else:
+            callbacks.append(instantiate(node))
+    return callbacks
 
 
 def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
@@ -81,13 +85,13 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     prepared = prepare_configured(cfg)
-    datamodule = CTRDataModule(prepared, batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed)
+    datamodule = build_datamodule(cfg, prepared)
     datamodule.setup()
     model = build_model(cfg.model, datamodule.schema)
-    task = CTRTask(model, **cfg.task)
+    task = build_task(cfg, model)
 
     throughput = TrainThroughput()
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [throughput]
+    callbacks = [*selection_callbacks(cfg, task), throughput]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     checkpoint = next((c for c in callbacks if isinstance(c, L.callbacks.ModelCheckpoint)), None)
@@ -100,12 +104,16 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     test = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
 
     history = task.history
-    best = max(history, key=lambda h: h["auc"]) if history else None
+    best = task.best_epoch()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     metrics = {
         "run_id": run_id(resolved),
         "model": cfg.model_name,
         "dataset": prepared.name,
+        "task": task.name,
+        # The metric that selected the epoch and the checkpoint: what reports rank by and sweeps optimise.
+        "monitor": task.monitor,
+        "mode": task.mode,
         "synthetic_data": prepared.synthetic,
         "data_fingerprint": prepared.fingerprint,
         "val": {k.split("/", 1)[1]: v for k, v in val.items()},
@@ -123,7 +131,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "history": history,
         "checkpoint": _relative(checkpoint.best_model_path, output_dir) if ckpt else None,
         "features": "features",
-        "predictions": "predictions.parquet",
+        "predictions": "predictions.parquet" if getattr(task, "last_predictions", None) else None,
         "config": resolved,
         "environment": environment(),
     }
@@ -131,8 +139,17 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         shutil.copytree(prepared.features_dir, output_dir / "features", dirs_exist_ok=True)
         write_predictions(task, output_dir / "predictions.parquet")
         write_json_atomic(output_dir / "metrics.json", metrics)
-    log.info("%s on %s: val AUC %.4f, test AUC %.4f", metrics["model"], metrics["dataset"], metrics["val"]["auc"], metrics["test"]["auc"])
+    key = task.monitor.split("/", 1)[1]
+    log.info("%s on %s: val %s %.4f, test %s %.4f", metrics["model"], metrics["dataset"], key, metrics["val"].get(key, float("nan")),
+             key, metrics["test"].get(key, float("nan")))
     return metrics
+
+
+def monitored_value(metrics: dict[str, Any]) -> float:
+    """The validation value of the metric a finished run was selected on (older runs: AUC)."""
+    key = str(metrics.get("monitor", "val/auc")).split("/", 1)[1]
+    value = (metrics.get("val") or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 def find_finished(root: str | Path, rid: str) -> dict[str, Any] | None:
@@ -148,7 +165,8 @@ def find_finished(root: str | Path, rid: str) -> dict[str, Any] | None:
 
 
 def train_or_resume(cfg: DictConfig, output_dir: str | Path, sweep_dir: str | Path | None = None) -> float:
-    """The sweep-facing entry: returns the validation AUC (what sweepers maximise).
+    """The sweep-facing entry: returns the validation value of the task's monitored metric (what
+    sweepers optimise; AUC for CTR).
 
     In a sweep (`sweep_dir` set), a run whose run id already finished anywhere under the sweep folder is
     skipped, so rerunning the same sweep command resumes it; and a run that fails writes error.json
@@ -159,11 +177,11 @@ def train_or_resume(cfg: DictConfig, output_dir: str | Path, sweep_dir: str | Pa
         done = find_finished(sweep_dir, rid)
         if done is not None:
             log.info("run %s already finished (%s): skipped", rid, done.get("model"))
-            return float(done["val"]["auc"])
+            return monitored_value(done)
     try:
-        val_auc = float(train(cfg, output_dir)["val"]["auc"])
+        value = monitored_value(train(cfg, output_dir))
         (Path(output_dir) / "error.json").unlink(missing_ok=True)  # a retry that succeeded
-        return val_auc
+        return value
     except Exception as err:
         if sweep_dir is None:
             raise

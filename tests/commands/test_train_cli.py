@@ -13,7 +13,7 @@ REQUIRED = {"model", "dataset", "val", "test", "best_epoch", "epochs", "train_se
 
 def _recsys(*args: str, cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "recsys.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "recsys.commands.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_train_writes_metrics_checkpoint_and_features(tmp_path) -> None:
@@ -39,7 +39,7 @@ def test_unknown_model_and_missing_data_root_fail_with_a_named_reason(tmp_path) 
     proc = _recsys("train", "model=nope", cwd=tmp_path)
     assert proc.returncode != 0 and "nope" in proc.stderr
     env = {k: v for k, v in os.environ.items() if k != "RECSYS_DATA_DIR"}
-    proc = subprocess.run([sys.executable, "-m", "recsys.cli", "train", "experiment=lr_frappe_x1",
+    proc = subprocess.run([sys.executable, "-m", "recsys.commands.cli", "train", "experiment=lr_frappe_x1",
                            f"paths.output_dir={tmp_path / 'x'}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "RECSYS_DATA_DIR" in proc.stderr
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recsys.serving.loadbench import bench, check_goals, markdown, summarise
+from recsys.bench.serve import bench, check_goals, markdown, summarise
 
 
 def _row(backend: str, candidates: int, concurrency: int, repeat: int, p99: float, errors: int = 0) -> dict:

@@ -29,7 +29,7 @@ def _train_main() -> None:
     def run(cfg: DictConfig) -> float:
         from hydra.types import RunMode
 
-        from recsys.train import train_or_resume
+        from recsys.commands.train import train_or_resume
 
         hydra_cfg = HydraConfig.get()
         sweep_dir = hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS and os.environ.get("LOCAL_RANK") and "=" in command:
-        # A DDP worker: Lightning relaunches `python -m recsys.cli` with the overrides alone
+        # A DDP worker: Lightning relaunches `python -m recsys.commands.cli` with the overrides alone
         # (the `train` word was consumed before Hydra saw sys.argv).
         command, rest = "train", argv
     if command == "train":
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
 
         bench_main(rest)
     elif command == "report":
-        from recsys.report import main as report_main
+        from recsys.commands.report import main as report_main
 
         report_main(rest)
     elif command == "export":

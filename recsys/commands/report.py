@@ -8,7 +8,6 @@ warning that names the path, and the run is left out of the table.
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io

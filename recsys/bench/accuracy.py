@@ -79,8 +79,7 @@ def run_dir(out: Path, run: SuiteRun, seed: int) -> Path:
 def prepare_data(runs: list[SuiteRun], extra: list[str]) -> None:
     """Fit each dataset before runs go in parallel and would all fit it at once (a dataset already in
     the cache is only checked)."""
-    from recsys.bench import compose_train_config
-    from recsys.data import prepare_configured
+    from recsys.config import compose_train_config, prepare_configured
 
     for run in runs:
         prepare_configured(compose_train_config([*run.hydra_overrides, *extra]))
@@ -90,7 +89,7 @@ def train_one(out: Path, run: SuiteRun, seed: int, extra: list[str], threads: in
     target = run_dir(out, run, seed)
     log_path = target.parent / f"seed-{seed}.log"
     target.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "recsys.cli", "train", *run.hydra_overrides,
+    command = [sys.executable, "-m", "recsys.commands.cli", "train", *run.hydra_overrides,
                f"seed={seed}", f"paths.output_dir={target}", "trainer.enable_progress_bar=false",
                f"num_threads={threads}", *extra]
     start = time.perf_counter()
