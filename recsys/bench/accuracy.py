@@ -25,6 +25,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+# On the seed means of a claim's metric (default: the test value of the metric the runs were selected on):
+#   better:   a > b
+#   at_least: a >= b - tolerance (tolerance 0 by default): one-sided, and its text says "≥ b − tol"
+#   within:   |a - b| <= tolerance: two-sided
 CLAIM_KINDS = ("better", "at_least", "within")
 
 
@@ -66,6 +70,8 @@ def load_suite(suite: str) -> tuple[list[SuiteRun], list[dict[str, Any]]]:
     for claim in claims:
         if claim.get("kind") not in CLAIM_KINDS:
             raise SystemExit(f"suite {path}: claim {claim} has kind {claim.get('kind')!r}; expected one of {CLAIM_KINDS}")
+        if claim["kind"] == "within" and "tolerance" not in claim:
+            raise SystemExit(f"suite {path}: claim {claim} is 'within' and needs a tolerance")
         missing = [claim[k] for k in ("a", "b") if claim.get(k) not in names]
         if missing:
             raise SystemExit(f"suite {path}: claim {claim} names runs that are not in the suite: {missing}")
@@ -104,7 +110,35 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _numbers(split: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in split.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def claim_holds(kind: str, diff: float, tolerance: float) -> bool:
+    """Whether a claim of `kind` holds for a - b = `diff` (see CLAIM_KINDS). A difference on the tolerance
+    itself holds: 1e-12 absorbs the float rounding of a - b."""
+    if kind == "better":
+        return diff > 0
+    if kind == "at_least":
+        return diff >= -tolerance - 1e-12
+    return abs(diff) <= tolerance + 1e-12
+
+
+def claim_text(claim: dict[str, Any]) -> str:
+    tolerance = float(claim.get("tolerance", 0.0))
+    metric = claim.get("metric", "")
+    if claim["kind"] == "better":
+        text = f"{claim['a']} > {claim['b']}"
+    elif claim["kind"] == "at_least":
+        text = f"{claim['a']} ≥ {claim['b']}" + (f" − {tolerance:g}" if tolerance else "")
+    else:
+        text = f"|{claim['a']} − {claim['b']}| ≤ {tolerance:g}"
+    return f"{text} ({metric})" if metric else text
+
+
 def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per row: every validation and test metric as mean ± sd over the seeds that finished. Per claim: the
+    difference of the seed means of its metric, whether it holds, and on how many seeds a beats b."""
     rows, per_seed = [], {}
     for run in runs:
         metrics = {}
@@ -112,16 +146,22 @@ def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[di
             path = run_dir(out, run, seed) / "metrics.json"
             if path.exists():
                 metrics[seed] = json.loads(path.read_text())
-        per_seed[run.name] = {s: m["test"]["auc"] for s, m in metrics.items()}
+        per_seed[run.name] = metrics
         row: dict[str, Any] = {"name": run.name, "table": run.table, "row": run.row, "experiment": run.experiment,
                                "overrides": list(run.overrides), "seeds": sorted(metrics)}
         if metrics:
             ms = list(metrics.values())
-            for key, pick in (("val_auc", lambda m: m["val"]["auc"]), ("test_auc", lambda m: m["test"]["auc"]),
-                              ("test_gauc", lambda m: m["test"].get("gauc", float("nan"))),
-                              ("test_logloss", lambda m: m["test"]["logloss"]), ("epochs", lambda m: m["epochs"]),
-                              ("train_seconds", lambda m: m["train_seconds"])):
-                row[key], row[key + "_sd"] = _mean_sd([float(pick(m)) for m in ms])
+            row["selection_metric"] = str(ms[0].get("monitor", "val/auc"))
+            values: dict[str, list[float]] = {}
+            for m in ms:
+                for split in ("val", "test"):
+                    for k, v in _numbers(m.get(split) or {}).items():
+                        values.setdefault(f"{split}/{k}", []).append(v)
+                for k in ("epochs", "train_seconds"):
+                    values.setdefault(k, []).append(float(m[k]))
+            for key, vs in values.items():
+                if len(vs) == len(ms):  # a metric every seed has
+                    row[key], row[key + "_sd"] = _mean_sd(vs)
             row["num_parameters"] = ms[0]["num_parameters"]
             row["dataset"] = ms[0]["dataset"]
         rows.append(row)
@@ -130,16 +170,19 @@ def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[di
     for claim in claims:
         a, b = by_name[claim["a"]], by_name[claim["b"]]
         result = dict(claim)
-        if "test_auc" not in a or "test_auc" not in b:
+        metric = claim.get("metric") or "test/" + str(a.get("selection_metric", "val/auc")).split("/", 1)[1]
+        result["metric"] = metric
+        if metric not in a or metric not in b:
             result.update(status="not run")
         else:
-            diff = a["test_auc"] - b["test_auc"]
+            diff = a[metric] - b[metric]
             tolerance = float(claim.get("tolerance", 0.0))
-            held = {"better": diff > 0, "at_least": diff >= 0, "within": diff >= -tolerance}[claim["kind"]]
             common = sorted(set(per_seed[a["name"]]) & set(per_seed[b["name"]]))
-            paired = [per_seed[a["name"]][s] - per_seed[b["name"]][s] for s in common]
-            result.update(status="holds" if held else "fails", difference=diff,
-                          seeds_where_a_wins=sum(d > 0 for d in paired), seeds_compared=len(common))
+            split, key = metric.split("/", 1)
+            paired = [per_seed[a["name"]][s][split][key] - per_seed[b["name"]][s][split][key] for s in common]
+            result.update(status="holds" if claim_holds(claim["kind"], diff, tolerance) else "fails", difference=diff,
+                          seeds_where_a_wins=sum(d > 0 for d in paired), seeds_where_it_holds=sum(
+                              claim_holds(claim["kind"], d, tolerance) for d in paired), seeds_compared=len(common))
         checked.append(result)
     return {"seeds": seeds, "rows": rows, "claims": checked}
 
@@ -150,25 +193,33 @@ def _pm(row: dict[str, Any], key: str, digits: int = 4) -> str:
     return f"{row[key]:.{digits}f} ± {row[key + '_sd']:.{digits}f}" if len(row["seeds"]) > 1 else f"{row[key]:.{digits}f}"
 
 
+# Metric columns of a table, in this order where present: the selection metric, then these test metrics.
+TABLE_METRICS = ("test/auc", "test/gauc", "test/logloss", "test/ndcg@10", "test/hr@10", "test/ndcg@20", "test/hr@20",
+                 "test/mrr")
+
+
 def markdown(summary: dict[str, Any]) -> str:
     lines = [f"Seeds: {', '.join(map(str, summary['seeds']))}. Mean ± sd over seeds; test metrics of the epoch "
-             "with the best validation AUC."]
+             "with the best value of the validation metric each run is selected on."]
     for table in dict.fromkeys(r["table"] for r in summary["rows"]):
-        lines += ["", f"### {table}", "",
-                  "| run | seeds | val AUC | test AUC | test gAUC | test logloss | epochs | train s | params |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in (r for r in summary["rows"] if r["table"] == table):
+        members = [r for r in summary["rows"] if r["table"] == table]
+        selection = list(dict.fromkeys(r["selection_metric"] for r in members if "selection_metric" in r))
+        columns = selection + [c for c in TABLE_METRICS if any(c in r for r in members) and c not in selection]
+        names = [c.replace("/", " ") for c in columns]
+        lines += ["", f"### {table}", "", "| run | seeds | " + " | ".join(names) + " | epochs | train s | params |",
+                  "|---|---|" + "---|" * len(columns) + "---|---|---|"]
+        for r in members:
             params = f"{r['num_parameters']:,}" if "num_parameters" in r else "—"
-            lines.append(f"| {r['row']} | {len(r['seeds'])} | {_pm(r, 'val_auc')} | {_pm(r, 'test_auc')} | {_pm(r, 'test_gauc')} | "
-                         f"{_pm(r, 'test_logloss')} | {_pm(r, 'epochs', 1)} | {_pm(r, 'train_seconds', 0)} | {params} |")
+            cells = " | ".join(_pm(r, c) for c in columns)
+            lines.append(f"| {r['row']} | {len(r['seeds'])} | {cells} | {_pm(r, 'epochs', 1)} | {_pm(r, 'train_seconds', 0)} | {params} |")
     if summary["claims"]:
-        lines += ["", "### Claims (mean test AUC)", "", "| claim | a − b | seeds a wins | status |", "|---|---|---|---|"]
-        words = {"better": "beats", "at_least": "≥", "within": "within {tolerance} of"}
+        lines += ["", "### Claims (seed means)", "", "| claim | a − b | seeds a wins | seeds it holds | status |",
+                  "|---|---|---|---|---|"]
         for c in summary["claims"]:
-            text = f"{c['a']} {words[c['kind']].format(**c)} {c['b']}"
             diff = f"{c['difference']:+.4f}" if "difference" in c else "—"
             wins = f"{c['seeds_where_a_wins']}/{c['seeds_compared']}" if "seeds_compared" in c else "—"
-            lines.append(f"| {text} | {diff} | {wins} | {c['status']} |")
+            holds = f"{c['seeds_where_it_holds']}/{c['seeds_compared']}" if "seeds_compared" in c else "—"
+            lines.append(f"| {claim_text(c)} | {diff} | {wins} | {holds} | {c['status']} |")
     return "\n".join(lines) + "\n"
 
 

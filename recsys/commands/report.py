@@ -23,6 +23,13 @@ import polars as pl
 import recsys.conf
 
 REQUIRED_KEYS = ("model", "dataset", "val", "test", "best_epoch", "epochs", "train_seconds", "train_samples_per_second", "num_parameters")
+# Runs written before metrics.json recorded its task's selection metric were CTR runs selected on AUC.
+DEFAULT_MONITOR, DEFAULT_MODE = "val/auc", "max"
+
+
+def selection_key(metrics: dict[str, Any]) -> str:
+    """The metric (a key of `val` and `test`) a run was selected on."""
+    return str(metrics.get("monitor") or DEFAULT_MONITOR).split("/", 1)[-1]
 REFERENCE_CSV = Path(recsys.conf.__file__).parent / "reference" / "bars_ctr.csv"
 RUN_MARKERS = (".hydra", "checkpoints", "error.json")
 
@@ -51,11 +58,17 @@ def collect(root: str | Path) -> Collection:
             found.warnings.append(f"corrupted metrics file {path}: not a JSON object; run left out")
             continue
         missing = [k for k in REQUIRED_KEYS if k not in metrics]
+        key = selection_key(metrics)
         for split in ("val", "test"):
-            if isinstance(metrics.get(split), dict) and "auc" not in metrics[split]:
-                missing.append(f"{split}.auc")
+            if isinstance(metrics.get(split), dict) and key not in metrics[split]:
+                missing.append(f"{split}.{key}")
         if missing:
             found.warnings.append(f"partial metrics file {path}: missing {missing}; run left out")
+            continue
+        value = metrics["val"][key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            found.warnings.append(f"metrics file {path}: its selection metric val.{key} is {value!r}, not a number; "
+                                  "run left out (a diverged or broken run)")
             continue
         metrics["path"] = str(path.parent)
         found.runs.append(metrics)
@@ -83,36 +96,56 @@ def load_reference(path: str | Path | None = REFERENCE_CSV) -> dict[tuple[str, s
         return {(r["dataset"], r["model"], r["metric"]): (float(r["value"]), r["source"]) for r in csv.DictReader(handle)}
 
 
+def _numbers(split: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in split.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def leaderboard(runs: list[dict[str, Any]], reference: dict | None = None) -> pl.DataFrame:
+    """One row per run: its validation and test metrics (`val_<name>`, `test_<name>`), size, speed and
+    flags; best first within each dataset by the metric the runs were selected on (`monitor`, `mode`)."""
     reference = reference or {}
     rows = []
     for r in runs:
-        ref = reference.get((r["dataset"], r["model"], "test_auc"))
+        key = selection_key(r)
+        ref = reference.get((r["dataset"], r["model"], f"test_{key}"))
+        test = _numbers(r["test"])
         rows.append({
             "dataset": r["dataset"],
             "model": r["model"],
             "run_id": r.get("run_id", ""),
-            "val_auc": r["val"].get("auc"),
-            "val_gauc": r["val"].get("gauc"),
-            "val_logloss": r["val"].get("logloss"),
-            "test_auc": r["test"].get("auc"),
-            "test_gauc": r["test"].get("gauc"),
-            "test_logloss": r["test"].get("logloss"),
+            "task": r.get("task", "ctr"),
+            "selection_metric": key,
+            "selection_mode": r.get("mode", DEFAULT_MODE),
+            "selection_value": float(r["val"][key]),
+            **{f"val_{k}": v for k, v in _numbers(r["val"]).items()},
+            **{f"test_{k}": v for k, v in test.items()},
             "num_parameters": r["num_parameters"],
             "train_seconds": r["train_seconds"],
             "train_samples_per_second": r["train_samples_per_second"],
             "latency_ms": r.get("inference_latency_ms"),
             "selected_on": r.get("selected_on", "unknown"),
-            "reference_test_auc": ref[0] if ref else None,
-            "delta_vs_reference": (r["test"]["auc"] - ref[0]) if ref else None,
+            "reference_test": ref[0] if ref else None,
+            "delta_vs_reference": (test[key] - ref[0]) if ref and key in test else None,
             "synthetic": bool(r.get("synthetic_data", False)),
             "path": r["path"],
         })
     if not rows:
         return pl.DataFrame()
     frame = pl.DataFrame(rows, infer_schema_length=None)
-    frame = frame.sort(["dataset", "val_auc"], descending=[False, True], nulls_last=True)
-    return frame.with_columns(pl.col("val_auc").rank("ordinal", descending=True).over("dataset").alias("rank")).select("rank", pl.exclude("rank"))
+    # Higher is better when the mode is max: rank on the value with the sign that makes ascending best.
+    order = pl.when(pl.col("selection_mode") == "min").then(pl.col("selection_value")).otherwise(-pl.col("selection_value"))
+    frame = frame.with_columns(order.alias("_order")).sort(["dataset", "_order"], nulls_last=True)
+    frame = frame.with_columns(pl.col("_order").rank("ordinal").over("dataset").alias("rank")).drop("_order")
+    return frame.select("rank", pl.exclude("rank"))
+
+
+def metric_columns(part: pl.DataFrame) -> list[str]:
+    """The metric columns with a value for some run of `part`: the selection metric first (validation,
+    then test), then the rest of validation and test."""
+    keys = list(dict.fromkeys(part["selection_metric"].to_list()))
+    present = [c for c in part.columns if c.startswith(("val_", "test_")) and part[c].is_not_null().any()]
+    first = [c for k in keys for c in (f"val_{k}", f"test_{k}") if c in present]
+    return first + [c for c in present if c not in first]
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -123,19 +156,24 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _digits(column: str) -> int:
+    return 4 if column.startswith(("val_", "test_", "reference", "delta")) else 1
+
+
 def markdown(frame: pl.DataFrame) -> str:
     if frame.is_empty():
         return "(no runs)\n"
-    cols = ["rank", "model", "val_auc", "test_auc", "val_gauc", "val_logloss", "test_logloss", "num_parameters",
-            "train_seconds", "train_samples_per_second", "latency_ms", "reference_test_auc", "delta_vs_reference", "flags", "run_id"]
     out = []
     for (dataset,), part in frame.group_by(["dataset"], maintain_order=True):
+        cols = ["rank", "model", *metric_columns(part), "num_parameters", "train_seconds", "train_samples_per_second",
+                "latency_ms", "reference_test", "delta_vs_reference", "flags", "run_id"]
+        cols = [c for c in cols if c in ("rank", "model", "flags", "run_id") or part[c].is_not_null().any()]
         out.append(f"## {dataset}\n")
         out.append("| " + " | ".join(cols) + " |")
         out.append("|" + "---|" * len(cols))
         for row in part.iter_rows(named=True):
             row["flags"] = _flags(row)
-            out.append("| " + " | ".join(_fmt(row.get(c), 4 if "auc" in c or "logloss" in c or "delta" in c else 1) for c in cols) + " |")
+            out.append("| " + " | ".join(_fmt(row.get(c), _digits(c)) for c in cols) + " |")
         out.append("")
     return "\n".join(out) + "\n"
 
@@ -187,6 +225,9 @@ def _plots(dataset: str, part: pl.DataFrame, runs_by_path: dict[str, dict], top:
     import matplotlib.pyplot as plt
 
     best = part.head(top)
+    key = part["selection_metric"][0]
+    name = key.upper() if key in ("auc", "gauc", "mrr") else key.replace("ndcg", "NDCG").replace("hr", "HR")
+    test_col = f"test_{key}" if f"test_{key}" in part.columns else None
     figures = []
     fig_roc, ax_roc = plt.subplots(figsize=(5, 4.2))
     fig_cal, ax_cal = plt.subplots(figsize=(5, 4.2))
@@ -200,14 +241,14 @@ def _plots(dataset: str, part: pl.DataFrame, runs_by_path: dict[str, dict], top:
             continue
         logits, labels = preds["logit"].to_numpy(), preds["label"].to_numpy()
         fpr, tpr = roc_points(logits, labels)
-        label = f"{row['model']} {row['run_id'][:6]} ({row['test_auc']:.4f})"
+        label = f"{row['model']} {row['run_id'][:6]} ({row.get('test_auc') or float('nan'):.4f})"
         ax_roc.plot(fpr, tpr, label=label)
         mp, rate, _ = reliability(logits, labels)
         ax_cal.plot(mp, rate, marker="o", label=f"{row['model']} {row['run_id'][:6]}")
         drew = True
     if drew:
         ax_roc.plot([0, 1], [0, 1], ls=":", c="grey")
-        ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC on test, best {top} by val AUC")
+        ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC on test, best {top} by validation {name}")
         ax_roc.legend(fontsize=8)
         ax_cal.plot([0, 1], [0, 1], ls=":", c="grey")
         ax_cal.set(xlabel="mean predicted probability", ylabel="observed click rate", title="Calibration on test")
@@ -221,26 +262,31 @@ def _plots(dataset: str, part: pl.DataFrame, runs_by_path: dict[str, dict], top:
     for row in part.head(max(top, 10)).iter_rows(named=True):
         history = runs_by_path[row["path"]].get("history") or []
         if history:
-            ax.plot([h["epoch"] + 1 for h in history], [h["auc"] for h in history], marker=".", label=f"{row['model']} {row['run_id'][:6]}")
-    ax.set(xlabel="epoch", ylabel="validation AUC", title="Training curves")
+            points = [(h["epoch"] + 1, h[key]) for h in history if isinstance(h.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=f"{row['model']} {row['run_id'][:6]}")
+    ax.set(xlabel="epoch", ylabel=f"validation {name}", title="Training curves")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7)
-    figures.append(("Validation AUC per epoch", _svg(fig)))
+    figures.append((f"Validation {name} per epoch", _svg(fig)))
 
+    if test_col is None:
+        return figures
     fig, ax = plt.subplots(figsize=(5, 4.2))
-    ax.scatter(part["num_parameters"].to_numpy(), part["test_auc"].to_numpy())
+    ax.scatter(part["num_parameters"].to_numpy(), part[test_col].to_numpy())
     for row in part.iter_rows(named=True):
-        ax.annotate(row["model"], (row["num_parameters"], row["test_auc"]), fontsize=7)
-    ax.set(xscale="log", xlabel="parameters", ylabel="test AUC", title="AUC against model size")
-    figures.append(("AUC against parameter count", _svg(fig)))
+        ax.annotate(row["model"], (row["num_parameters"], row[test_col]), fontsize=7)
+    ax.set(xscale="log", xlabel="parameters", ylabel=f"test {name}", title=f"{name} against model size")
+    figures.append((f"{name} against parameter count", _svg(fig)))
 
     with_latency = part.filter(pl.col("latency_ms").is_not_null())
     if with_latency.height:
         fig, ax = plt.subplots(figsize=(5, 4.2))
-        ax.scatter(with_latency["latency_ms"].to_numpy(), with_latency["test_auc"].to_numpy())
+        ax.scatter(with_latency["latency_ms"].to_numpy(), with_latency[test_col].to_numpy())
         for row in with_latency.iter_rows(named=True):
-            ax.annotate(row["model"], (row["latency_ms"], row["test_auc"]), fontsize=7)
-        ax.set(xlabel="inference latency (ms)", ylabel="test AUC", title="AUC against latency")
-        figures.append(("AUC against latency", _svg(fig)))
+            ax.annotate(row["model"], (row["latency_ms"], row[test_col]), fontsize=7)
+        ax.set(xlabel="inference latency (ms)", ylabel=f"test {name}", title=f"{name} against latency")
+        figures.append((f"{name} against latency", _svg(fig)))
     return figures
 
 
@@ -287,7 +333,8 @@ def write_html(path: Path, frame: pl.DataFrame, collection: Collection, top: int
              ".warn{background:#fff3cd;padding:.6em;border:1px solid #e0c36c} .flag{color:#b00;font-weight:bold}",
              ".plots{display:flex;flex-wrap:wrap;gap:1em} .plots figure{margin:0} code{font-size:11px;display:block;max-width:420px;white-space:pre-wrap}</style></head><body>",
              "<h1>recsys-zoo report</h1>",
-             "<p>Ranked by <b>validation</b> AUC within each dataset; test AUC is reported, never used for selection. "
+             "<p>Ranked within each dataset by the <b>validation</b> metric each run was selected on (AUC for CTR, "
+             "NDCG@20 for next-item); test metrics are reported, never used for selection. "
              "A run whose selection used the test split is flagged.</p>"]
     if collection.warnings:
         parts.append("<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in collection.warnings) + "</ul></div>")
@@ -296,12 +343,14 @@ def write_html(path: Path, frame: pl.DataFrame, collection: Collection, top: int
     for (dataset,), part in ([] if frame.is_empty() else frame.group_by(["dataset"], maintain_order=True)):
         parts.append(f"<h2>{html.escape(str(dataset))}</h2><table><tr>")
         differs = varying_settings([runs_by_path[p] for p in part["path"].to_list()])
-        cols = ["rank", "model", "val_auc", "test_auc", "val_gauc", "test_logloss", "num_parameters", "train_seconds",
-                "train_samples_per_second", "latency_ms", "reference_test_auc", "delta_vs_reference", "flags", "settings that differ", "hyper-parameters"]
+        cols = ["rank", "model", *metric_columns(part), "num_parameters", "train_seconds", "train_samples_per_second",
+                "latency_ms", "reference_test", "delta_vs_reference"]
+        cols = [c for c in cols if c in ("rank", "model") or part[c].is_not_null().any()]
+        cols += ["flags", "settings that differ", "hyper-parameters"]
         parts.append("".join(f"<th>{c}</th>" for c in cols) + "</tr>")
         for row in part.iter_rows(named=True):
             flags = _flags(row)
-            cells = [_fmt(row[c], 4 if ("auc" in c or "logloss" in c or "delta" in c) else 1) for c in cols[:-3]]
+            cells = [_fmt(row[c], _digits(c)) for c in cols[:-3]]
             parts.append("<tr>" + "".join(f"<td{' class=l' if i == 1 else ''}>{html.escape(c)}</td>" for i, c in enumerate(cells))
                          + f"<td class='l flag'>{html.escape(flags)}</td><td class=l>{html.escape(differs.get(row['path'], ''))}</td>"
                          + "<td class=l><details><summary>show</summary>"

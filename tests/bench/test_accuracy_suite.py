@@ -30,8 +30,7 @@ def _bench(*args: str, cache: Path) -> subprocess.CompletedProcess:
 def test_suite_runs_seeds_in_parallel_checks_claims_and_resumes(tmp_path: Path) -> None:
     suite = _suite(tmp_path, [{"name": "synthetic/lr", "overrides": ["model=lr"]},
                               {"name": "synthetic/din", "overrides": ["model=din"]}],
-                   [{"kind": "better", "a": "synthetic/din", "b": "synthetic/lr"},
-                    {"kind": "within", "a": "synthetic/lr", "b": "synthetic/din", "tolerance": 1.0}])
+                   [{"kind": "better", "a": "synthetic/din", "b": "synthetic/lr"}])
     out = tmp_path / "out"
     done = _bench("--suite", str(suite), "--seeds", "1", "2", "--jobs", "2", "--threads", "1", "--out", str(out), *SMALL,
                   cache=tmp_path / "cache")
@@ -42,13 +41,12 @@ def test_suite_runs_seeds_in_parallel_checks_claims_and_resumes(tmp_path: Path) 
         metrics = [json.loads((out / "runs" / name / f"seed-{s}" / "metrics.json").read_text()) for s in (1, 2)]
         aucs = [m["test"]["auc"] for m in metrics]
         assert rows[name]["seeds"] == [1, 2]
-        assert rows[name]["test_auc"] == pytest.approx(sum(aucs) / 2)
+        assert rows[name]["test/auc"] == pytest.approx(sum(aucs) / 2)
         assert metrics[0]["config"]["seed"] == 1 and metrics[1]["config"]["seed"] == 2
-    claims = {c["kind"]: c for c in summary["claims"]}
-    diff = rows["synthetic/din"]["test_auc"] - rows["synthetic/lr"]["test_auc"]
-    assert claims["better"]["difference"] == pytest.approx(diff)
-    assert claims["better"]["status"] == ("holds" if diff > 0 else "fails")
-    assert claims["within"]["status"] == "holds"  # a tolerance of a whole AUC point
+    (claim,) = summary["claims"]
+    diff = rows["synthetic/din"]["test/auc"] - rows["synthetic/lr"]["test/auc"]
+    assert claim["metric"] == "test/auc" and claim["difference"] == pytest.approx(diff)
+    assert claim["status"] == ("holds" if diff > 0 else "fails")
     assert "| din | 2 |" in (out / "accuracy.md").read_text()
 
     # The same command again trains nothing: every run has its metrics.json.
@@ -80,3 +78,54 @@ def test_unknown_suite_and_claims_on_missing_runs_are_named(tmp_path: Path) -> N
         load_suite(str(bad))
     runs, claims = load_suite("sequence")  # the shipped suite is well-formed
     assert len(runs) == 12 and len(claims) == 7
+
+
+def _fake_run(out: Path, name: str, seed: int, test: dict, monitor: str = "val/auc") -> None:
+    path = out / "runs" / name / f"seed-{seed}"
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps({
+        "monitor": monitor, "val": {k: v for k, v in test.items()}, "test": test, "epochs": 3, "train_seconds": 1.0,
+        "num_parameters": 10, "dataset": "d"}))
+
+
+@pytest.mark.parametrize(("kind", "tolerance", "a", "b", "holds"), [
+    ("within", 0.003, 0.781, 0.760, False),  # SDIM .021 above DIN-long is not "within .003"
+    ("within", 0.003, 0.759, 0.760, True),
+    ("within", 0.003, 0.757, 0.760, True),
+    ("within", 0.003, 0.756, 0.760, False),
+    ("at_least", 0.003, 0.781, 0.760, True),  # one-sided: a >= b - tol
+    ("at_least", 0.003, 0.7565, 0.760, False),
+    ("at_least", 0.0, 0.760, 0.760, True),
+    ("better", 0.0, 0.760, 0.760, False),
+    ("better", 0.0, 0.7601, 0.760, True),
+])
+def test_claim_rules_on_seed_means(tmp_path: Path, kind: str, tolerance: float, a: float, b: float, holds: bool) -> None:
+    from recsys.bench.accuracy import SuiteRun, claim_text, summarise
+
+    out = tmp_path / "out"
+    # Two seeds per row whose means are a and b; seed 2 of row a is below b's, so the per-seed count differs.
+    _fake_run(out, "t/a", 1, {"auc": a + 0.002})
+    _fake_run(out, "t/a", 2, {"auc": a - 0.002})
+    _fake_run(out, "t/b", 1, {"auc": b})
+    _fake_run(out, "t/b", 2, {"auc": b})
+    claim = {"kind": kind, "a": "t/a", "b": "t/b", "tolerance": tolerance}
+    (checked,) = summarise(out, [SuiteRun("t/a", None), SuiteRun("t/b", None)], [1, 2], [claim])["claims"]
+    assert checked["status"] == ("holds" if holds else "fails"), checked
+    assert checked["difference"] == pytest.approx(a - b)
+    text = claim_text(checked)
+    assert {"within": "|t/a − t/b| ≤", "at_least": "t/a ≥ t/b", "better": "t/a > t/b"}[kind] in text
+    if kind == "at_least" and tolerance:
+        assert f"− {tolerance:g}" in text  # a one-sided tolerance is in the claim's own words
+
+
+def test_claims_default_to_the_selection_metric_and_may_name_another(tmp_path: Path) -> None:
+    from recsys.bench.accuracy import SuiteRun, summarise
+
+    out = tmp_path / "out"
+    _fake_run(out, "s/mqsa", 1, {"ndcg@20": 0.08, "ndcg@10": 0.05}, monitor="val/ndcg@20")
+    _fake_run(out, "s/sasrec", 1, {"ndcg@20": 0.07, "ndcg@10": 0.06}, monitor="val/ndcg@20")
+    runs = [SuiteRun("s/mqsa", None), SuiteRun("s/sasrec", None)]
+    default, named = summarise(out, runs, [1], [{"kind": "better", "a": "s/mqsa", "b": "s/sasrec"},
+                                                {"kind": "better", "a": "s/mqsa", "b": "s/sasrec", "metric": "test/ndcg@10"}])["claims"]
+    assert default["metric"] == "test/ndcg@20" and default["status"] == "holds"
+    assert named["status"] == "fails" and named["difference"] == pytest.approx(-0.01)

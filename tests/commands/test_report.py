@@ -16,9 +16,9 @@ from recsys.commands.report import collect, leaderboard, markdown, reliability, 
 def _metrics(model: str, val: float, test: float, **extra) -> dict:
     return {
         "run_id": f"id-{model}-{val}", "model": model, "dataset": "frappe_x1",
-        "val": {"auc": val, "logloss": 0.2, "gauc": val - 0.01}, "test": {"auc": test, "logloss": 0.21},
+        "val": {"auc": val, "logloss": 0.2, "gauc": 0.9}, "test": {"auc": test, "logloss": 0.21},
         "best_epoch": 3, "epochs": 5, "train_seconds": 10.0, "train_samples_per_second": 1000.0, "num_parameters": 1234,
-        "selected_on": "valid", "history": [{"epoch": e, "auc": val - 0.01 * (4 - e), "lr": 1e-3} for e in range(5)],
+        "selected_on": "valid", "history": [{"epoch": e, "auc": 0.9 + 0.01 * e, "lr": 1e-3} for e in range(5)],
         "config": {"model": {"dim": 10}, "task": {"learning_rate": 1e-3}, "seed": 1}, **extra,
     }
 
@@ -46,6 +46,40 @@ def test_collector_warns_on_corrupted_partial_missing_and_failed_runs(tmp_path) 
     assert "partial metrics file" in text and "missing ['test']" in text
     assert "no metrics.json in run folder" in text and "interrupted" in text
     assert "failed run" in text and "ValueError: boom" in text
+
+
+def test_a_run_whose_selection_metric_is_not_a_number_is_left_out_with_a_warning(tmp_path) -> None:
+    _write(tmp_path, "good", _metrics("fm", 0.97, 0.968))
+    _write(tmp_path, "nan", _metrics("deepfm", float("nan"), 0.5))
+    _write(tmp_path, "text", _metrics("lr", "0.99", 0.5))
+    found = collect(tmp_path)
+    assert [r["model"] for r in found.runs] == ["fm"]
+    text = "\n".join(found.warnings)
+    assert "nan/metrics.json: its selection metric val.auc is nan" in text
+    assert "text/metrics.json: its selection metric val.auc is '0.99'" in text
+
+
+def test_next_item_runs_rank_on_their_own_metric_and_min_mode_ranks_low_first(tmp_path) -> None:
+    def seq(model: str, ndcg20: float) -> dict:
+        m = _metrics(model, 0.0, 0.0)
+        m.update(dataset="beauty", task="next_item", monitor="val/ndcg@20", mode="max",
+                 val={"ndcg@20": ndcg20, "hr@10": 0.1}, test={"ndcg@20": ndcg20 - 0.01, "ndcg@10": 0.05})
+        return m
+
+    runs = [seq("sasrec", 0.05), seq("mqsa_ted", 0.07), {**_metrics("a", 0.2, 0.2), "monitor": "val/logloss", "mode": "min",
+                                                          "dataset": "d"},
+            {**_metrics("b", 0.1, 0.1), "monitor": "val/logloss", "mode": "min", "dataset": "d"}]
+    for r in runs:
+        r["path"] = str(tmp_path)
+    runs[2]["val"]["logloss"], runs[3]["val"]["logloss"] = 0.3, 0.2
+    frame = leaderboard(runs)
+    assert frame.filter(pl.col("dataset") == "beauty")["model"].to_list() == ["mqsa_ted", "sasrec"]
+    assert frame.filter(pl.col("dataset") == "d")["model"].to_list() == ["b", "a"]
+    table = markdown(frame)
+    beauty = table.split("## beauty")[1].split("## ")[0]
+    header = beauty.strip().splitlines()[0]
+    assert header.index("val_ndcg@20") < header.index("test_ndcg@20") < header.index("test_ndcg@10")
+    assert "val_auc" not in beauty  # a column no run of the dataset has is left out
 
 
 def test_leaderboard_ranks_on_validation_flags_test_selection_and_shows_reference_delta(tmp_path) -> None:
@@ -84,7 +118,7 @@ def test_report_writes_csv_markdown_and_offline_html(tmp_path) -> None:
     frame, collection = report(tmp_path / "runs", tmp_path / "out")
     assert frame.height == 2 and len(collection.warnings) == 1
     csv = pl.read_csv(tmp_path / "out" / "leaderboard.csv")
-    assert csv["model"].to_list() == ["deepfm", "fm"] and "reference_test_auc" in csv.columns
+    assert csv["model"].to_list() == ["deepfm", "fm"] and "reference_test" in csv.columns
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.count("<svg") >= 4  # ROC, calibration, training curves, AUC vs parameters
     import re
