@@ -5,7 +5,8 @@ Output columns (what the data module and the serving endpoint turn into a `Batch
 - a sparse field -> Int64 id (0 padding, 1 out-of-vocabulary, 2.. known values or hash buckets);
 - a dense numeric field -> Float32 after fill and normalisation;
 - a sequence field -> Array(Int64, max_len), the most recent `max_len` items, left-padded with 0;
-- the label -> Float32 in {0, 1}; the group -> Int64 id.
+- the label -> Float32 in {0, 1}; the group -> Int64 id; a next-item target -> Int64 id of its sequence's
+  vocabulary (out-of-vocabulary, 1, when missing).
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ class FeaturePipeline:
         present = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
         kinds = {name: _dtype_kind(dtype) for name, dtype in present.items()}
         for f in self.schema.fields:
-            if f.kind in ("label", "group") and not need_label:
-                continue  # serving requests carry neither
+            if f.kind in ("label", "group", "target") and not need_label:
+                continue  # serving requests carry none of them
             if f.source not in kinds:
                 raise FeatureError(
                     f"{context}: column {f.source!r} (field {f.name!r}) is missing; "
@@ -97,7 +98,7 @@ class FeaturePipeline:
                 )
             if f.kind in ("numeric", "label") and kind not in ("int", "float", "str"):
                 raise FeatureError(f"{context}: field {f.name!r} needs numbers, got {present[f.source]}")
-            if f.kind in ("categorical", "group") and kind == "list":
+            if f.kind in ("categorical", "group", "target") and kind == "list":
                 raise FeatureError(f"{context}: categorical field {f.name!r} got a list column {present[f.source]}")
             if self.fitted and f.raw_dtype and f.kind in ("categorical", "group") and f.hash_buckets:
                 if kind != f.raw_dtype and not (f.raw_dtype == "int" and kind == "str"):
@@ -177,7 +178,7 @@ class FeaturePipeline:
         # Vocabularies: one per table, fitted on every field that draws ids from it.
         by_table: dict[str, list[FieldSpec]] = {}
         for f in self.schema.fields:
-            if f.kind in ("categorical", "sequence", "group"):
+            if f.kind in ("categorical", "sequence", "group", "target"):
                 by_table.setdefault(f.vocab_key, []).append(f)
         for table, members in by_table.items():
             hashed = [m for m in members if m.hash_buckets]
@@ -223,7 +224,7 @@ class FeaturePipeline:
         kinds = self._check_columns(lf, need_label=require_label, context="transform")
         outputs: list[str] = []
         for f in self.schema.fields:
-            if f.kind in ("label", "group") and f.source not in kinds:
+            if f.kind in ("label", "group", "target") and f.source not in kinds:
                 continue
             if f.kind == "label":
                 # Values outside {0, 1} become NaN, which `check_labels` and the data module refuse.
@@ -287,7 +288,7 @@ class FeaturePipeline:
         artifacts. Fields missing from a record are an error; unseen values become out-of-vocabulary."""
         if not records:
             raise FeatureError("no records to transform")
-        needed = [f for f in self.schema.fields if f.kind not in ("label", "group")]
+        needed = [f for f in self.schema.fields if f.kind not in ("label", "group", "target")]
         columns: dict[str, list[Any]] = {}
         for f in needed:
             values = []
@@ -321,7 +322,7 @@ class FeaturePipeline:
                     raise FeatureError(
                         f"field {f.source!r} needs a number; record {bad[0]} has {columns[f.source][bad[0]]!r}"
                     )
-        targets = [f.name for f in self.schema.fields if f.kind in ("label", "group")]
+        targets = [f.name for f in self.schema.fields if f.kind in ("label", "group", "target")]
         return self.transform(frame, require_label=False).collect().drop(targets, strict=False)
 
     # ------------------------------------------------------------------ artifacts
@@ -355,7 +356,7 @@ class FeaturePipeline:
         directory = Path(directory)
         pipeline = cls(Schema.load(directory / cls.SCHEMA_FILE))
         for f in pipeline.schema.fields:
-            if f.kind in ("categorical", "sequence", "group") and not f.hash_buckets and f.vocab_key not in pipeline.vocabs:
+            if f.kind in ("categorical", "sequence", "group", "target") and not f.hash_buckets and f.vocab_key not in pipeline.vocabs:
                 path = directory / cls.VOCAB_DIR / f"{f.vocab_key}.parquet"
                 if not path.exists():
                     raise FeatureError(f"vocabulary for table {f.vocab_key!r} is missing: {path}")

@@ -8,6 +8,8 @@ the same settings and files give the same frames, row for row.
 
 - `amazon_din`: DIN's Amazon protocol (Zhou et al., KDD 2018) on the S3-Rec Amazon sequences.
 - `ml100k_long`: every MovieLens-100K rating with the user's long rating history, split by global time.
+- `s3rec_next_item`: the S3-Rec sequences for next-item prediction, leave-one-out per user (MQSA-TED's
+  protocol).
 """
 
 from __future__ import annotations
@@ -212,9 +214,44 @@ def build_ml100k_long(sources: Mapping[str, Path], *, max_len: int) -> dict[str,
     return {split: frame.filter(pl.col("split") == split).drop("split") for split in SPLITS}
 
 
+# ---------------------------------------------------------------------------------------- s3rec_next_item
+def s3rec_next_item_sources(*, dataset: str, **_: Any) -> dict[str, str]:
+    return {"sequences": f"s3rec_seqrec/{dataset}.txt"}
+
+
+def leave_one_out(users: pl.DataFrame, source: str) -> dict[str, pl.DataFrame]:
+    """Leave-one-out per user, as S3-Rec and MQSA-TED split sequences: with a user's items i_1..i_n in
+    time order (`users`: one row per user, `user` and the list `items`), train holds the history
+    i_1..i_{n-2}; validation the same history with target i_{n-1}; test the history i_1..i_{n-1} with
+    target i_n. One row per user in every split (`user`, `history` as a list, most recent last, and
+    `target`, null in train: a next-item task trains on every position of the history). `source` names
+    the data in errors."""
+    short = users.filter(pl.col("items").list.len() < 3)
+    if short.height:
+        raise FeatureError(f"{source}: {short.height} users have fewer than 3 items (e.g. user {short['user'][0]}), "
+                           "too few for a train, a validation and a test item")
+    n = pl.col("items").list.len()
+    train_history = pl.col("items").list.head(n - 2)
+    return {
+        "train": users.select("user", train_history.alias("history"), pl.lit(None, pl.Int64).alias("target")),
+        "valid": users.select("user", train_history.alias("history"), pl.col("items").list.get(-2).alias("target")),
+        "test": users.select("user", pl.col("items").list.head(n - 1).alias("history"),
+                             pl.col("items").list.get(-1).alias("target")),
+    }
+
+
+def build_s3rec_next_item(sources: Mapping[str, Path], *, dataset: str) -> dict[str, pl.DataFrame]:
+    """The S3-Rec sequences of `dataset`, split leave-one-out per user (`leave_one_out`). `dataset` only
+    picks the source file (see `s3rec_next_item_sources`)."""
+    events = read_s3rec_sequences(sources["sequences"])
+    users = events.sort("user", "position").group_by("user", maintain_order=True).agg(pl.col("item").alias("items"))
+    return leave_one_out(users, str(sources["sequences"]))
+
+
 RECIPES: dict[str, Recipe] = {
     "amazon_din": Recipe(amazon_din_sources, build_amazon_din),
     "ml100k_long": Recipe(ml100k_long_sources, build_ml100k_long),
+    "s3rec_next_item": Recipe(s3rec_next_item_sources, build_s3rec_next_item),
 }
 
 

@@ -14,7 +14,9 @@ from typing import Any
 
 from recsys.features.errors import FeatureError
 
-KINDS = ("categorical", "numeric", "sequence", "label", "group")
+# label: a CTR click (0/1); group: what gAUC groups by; target: the next item a next-item task predicts, an id
+# of the vocabulary of the sequence it names in `share_vocab_with`. None of the three is a model input.
+KINDS = ("categorical", "numeric", "sequence", "label", "group", "target")
 NORMS = (None, "standard", "minmax", "log")
 SCHEMA_VERSION = 1
 PAD_ID = 0
@@ -57,6 +59,8 @@ class FieldSpec:
                 raise FeatureError(
                     f"sequence field {self.name!r}: hash the field it shares a vocabulary with instead"
                 )
+        if self.kind == "target" and not self.share_vocab_with:
+            raise FeatureError(f"target field {self.name!r} needs share_vocab_with: the sequence whose items it predicts")
         if self.kind == "numeric" and self.norm not in NORMS:
             raise FeatureError(f"numeric field {self.name!r}: unknown norm {self.norm!r}; expected one of {NORMS}")
         if self.hash_buckets is not None and self.hash_buckets < 1:
@@ -114,6 +118,8 @@ class Schema:
             raise FeatureError("a schema has at most one label field")
         if sum(f.kind == "group" for f in self.fields) > 1:
             raise FeatureError("a schema has at most one group field")
+        if sum(f.kind == "target" for f in self.fields) > 1:
+            raise FeatureError("a schema has at most one target field")
 
     def __getitem__(self, name: str) -> FieldSpec:
         for f in self.fields:
@@ -140,6 +146,10 @@ class Schema:
     @property
     def group(self) -> FieldSpec | None:
         return next((f for f in self.fields if f.kind == "group"), None)
+
+    @property
+    def target(self) -> FieldSpec | None:
+        return next((f for f in self.fields if f.kind == "target"), None)
 
     @property
     def feature_fields(self) -> list[FieldSpec]:

@@ -169,6 +169,16 @@ class FeatureEmbedding(nn.Module):
             raise ValueError(f"table set {table!r} has per-field widths {sorted(widths)}: use flat()")
         return widths.pop()
 
+    def table(self, name: str, table_set: str = "default") -> torch.Tensor:
+        """The rows of vocabulary table `name` in a table set: a view of its fused parameter, row i = id i
+        (what next-item models score against and export as the item matrix)."""
+        for group in self.groups[table_set]:
+            rows = self.table_rows.get(group.key, {})
+            if name in rows:
+                start, size = rows[name]
+                return self.weights[group.key][start : start + size]
+        raise KeyError(f"no vocabulary table {name!r} in table set {table_set!r}")
+
     def output_dim(self, table: str = "default") -> int:
         """Width of `flat()`: the sum of the field widths."""
         return sum(self.field_dims[table].values())

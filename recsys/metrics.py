@@ -67,3 +67,38 @@ def ctr_metrics(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
     if groups is not None:
         out["gauc"] = group_auc(logits, labels, groups)
     return out
+
+
+# ---------------------------------------------------------------------------------------- next item
+FIRST_ITEM_ID = 2  # ids 0 (padding) and 1 (out-of-vocabulary) are never recommended
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each row's target among all rankable items, float64 [B]; inf where the target can
+    never be recommended (out-of-vocabulary, or one of the excluded items: a miss at every cutoff).
+
+    scores [B, N] over the whole item table; targets [B] item ids; exclude [B, M] item ids to leave out of
+    the ranking (the user's history; 0 entries are padding). Padding and out-of-vocabulary are never
+    ranked. Ties count against the target: an item scored equal to it ranks above it, so a model that
+    scores every item alike gets the worst rank, not the best."""
+    scores = scores.detach().float().clone()
+    scores[:, :FIRST_ITEM_ID] = float("-inf")
+    scores.scatter_(1, exclude, float("-inf"))
+    own = scores.gather(1, targets.unsqueeze(1))  # [B, 1]
+    above = (scores >= own).sum(dim=1) - 1  # every item scored at least as high, the target itself not counted
+    ranks = (above + 1).to(torch.float64)
+    unreachable = (targets < FIRST_ITEM_ID) | torch.isneginf(own.squeeze(1))
+    return torch.where(unreachable, torch.full_like(ranks, float("inf")), ranks)
+
+
+def ranking_metrics(ranks: torch.Tensor, ks: tuple[int, ...] = (5, 10, 20)) -> dict[str, float]:
+    """HR@K, NDCG@K (one relevant item: 1 / log2(rank + 1) within the cutoff) and MRR over the full
+    ranking, averaged over all rows; an unreachable target (rank inf) counts as a miss everywhere."""
+    ranks = ranks.to(torch.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = ranks <= k
+        out[f"hr@{k}"] = float(hit.double().mean())
+        out[f"ndcg@{k}"] = float(torch.where(hit, 1.0 / torch.log2(ranks.clamp(max=1e18) + 1.0), 0.0).mean())
+    out["mrr"] = float((1.0 / ranks).mean())
+    return out

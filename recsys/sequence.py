@@ -1,6 +1,7 @@
-"""What the behaviour-sequence models (DIN, SDIM, DARE) share: which history belongs to which target,
-read from the schema, the embedded (context, target, history) views of a batch, and DIN's target
-attention.
+"""What the sequence models share. Behaviour-sequence CTR models (DIN, SDIM, DARE): which history belongs
+to which target, read from the schema, the embedded (context, target, history) views of a batch, and DIN's
+target attention. Next-item models (SASRec, MQSA-TED): the history the target's vocabulary names, its
+item-sequence view (`ItemSequenceEmbedding`), the causal self-attention block, and MQSA-TED's recent mean.
 
 A sequence field that shares its vocabulary with a categorical field (`share_vocab_with`) is that
 field's history: `hist_item` with `item`, `hist_attr` with `item_attr`. Attention compares the target
@@ -21,7 +22,7 @@ from torch.nn import functional as F
 
 from recsys.batch import Batch
 from recsys.embedding import FeatureEmbedding
-from recsys.features.schema import Schema
+from recsys.features.schema import FieldSpec, Schema
 from recsys.layers import MLP
 
 
@@ -183,3 +184,99 @@ class RecencyEmbedding(nn.Module):
         """[L, dim] for every position, or [..., dim] for the given history positions."""
         buckets = self.buckets if positions is None else self.buckets[positions]
         return self.table[buckets]
+
+
+# ---------------------------------------------------------------------------------------- next-item models
+def next_item_history(schema: Schema) -> FieldSpec:
+    """The sequence a next-item model reads: the one whose vocabulary the schema's target field shares."""
+    target = schema.target
+    history = next((f for f in schema.sequence if target is not None and f.name == target.share_vocab_with), None)
+    if history is None:
+        raise ValueError(
+            "a next-item model needs a target field that shares the vocabulary of a sequence field (e.g. "
+            "{name: target, kind: target, share_vocab_with: history}); the schema has sequences "
+            f"{[f.name for f in schema.sequence]} and target {getattr(target, 'name', None)}"
+        )
+    return history
+
+
+class ItemSequenceEmbedding(nn.Module):
+    """The item table of the shared embedding layer, arranged for next-item models (SASRec's input layer):
+    the most recent `max_len` items of the history, each item embedding scaled by sqrt(d) plus a learned
+    position (column j of the left-padded window; the newest item is always the last column), dropout,
+    padding zeroed. The same table, unscaled, is what the models score against (tied input and output
+    embeddings), and `similarity` compares items with it (MQSA-TED's distillation student)."""
+
+    def __init__(self, schema: Schema, dim: int, max_len: int, dropout: float, init_std: float = 0.01):
+        super().__init__()
+        self.history = next_item_history(schema)
+        self.embedding = FeatureEmbedding(schema, dim, fields=[self.history.name], init_std=init_std)
+        self.positions = nn.Parameter(torch.randn(max_len, dim) * init_std)
+        self.max_len, self.dim = max_len, dim
+        self.scale = dim**0.5
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input vectors [B, max_len, D] and the mask [B, max_len] (1 for an item, 0 padding)."""
+        ids = batch.seq[..., -self.max_len :]
+        if ids.shape[-1] < self.max_len:  # a shorter history than the model reads: pad on the left
+            ids = F.pad(ids, (self.max_len - ids.shape[-1], 0))
+        emb, mask = self.embedding.sequences(Batch(batch.sparse, batch.dense, ids))
+        emb, mask = emb[:, 0], mask[:, 0]
+        x = self.dropout(emb * self.scale + self.positions) * mask.unsqueeze(-1)
+        return x, mask
+
+    def item_vectors(self) -> torch.Tensor:
+        """[items, D], row i = item id i (0 padding, 1 out-of-vocabulary)."""
+        return self.embedding.table(self.history.vocab_key)
+
+    def similarity(self, items: torch.Tensor) -> torch.Tensor:
+        """[H, items] dot products of the given items' (scaled, dropped-out) embeddings with every item's."""
+        table = self.item_vectors()
+        return self.dropout(table[items] * self.scale) @ table.t()
+
+
+def recent_mean(x: torch.Tensor, mask: torch.Tensor, window: int) -> torch.Tensor:
+    """At each position t of x [B, L, D], the mean of the up to `window` most recent items up to and
+    including t (MQSA-TED's long query); padding is left out of the count, and a padding-only window
+    gives 0."""
+    def trailing_sum(v: torch.Tensor) -> torch.Tensor:  # sum over positions t - window + 1 .. t, by cumsum
+        total = v.cumsum(dim=1)
+        return total - F.pad(total, (0, 0, window, 0))[:, : v.shape[1]]
+
+    counts = trailing_sum(mask.unsqueeze(-1))
+    return trailing_sum(x * mask.unsqueeze(-1)) / counts.clamp(min=1.0)
+
+
+class SelfAttentionBlock(nn.Module):
+    """One causal self-attention block as the original SASRec code writes it (and MQSA-TED's towers): the
+    query stream is layer-normed and queries come from it, keys and values come from the raw stream, the
+    residual adds the normed query, then LayerNorm, a position-wise ReLU feed-forward of width d with
+    dropout and its residual, and padding zeroed. No output projection. Attention weights get dropout."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, max_len: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embedding dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.query_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.Dropout(dropout))
+        self.register_buffer("causal", torch.ones(max_len, max_len).tril().bool(), persistent=False)
+
+    def forward(self, query_stream: torch.Tensor, kv_stream: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, length, dim = kv_stream.shape
+        normed = self.query_norm(query_stream)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+
+        # A large negative, not -inf: a padding query sees only padding keys, and its row must stay finite
+        # (it is zeroed below).
+        allowed = self.causal[:length, :length] & (mask != 0)[:, None, None, :]
+        bias = torch.zeros(allowed.shape, dtype=kv_stream.dtype, device=kv_stream.device).masked_fill(~allowed, -1e9)
+        out = F.scaled_dot_product_attention(heads(self.query(normed)), heads(self.key(kv_stream)), heads(self.value(kv_stream)),
+                                             attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        out = self.ffn_norm(out.transpose(1, 2).reshape(b, length, dim) + normed)
+        return (out + self.ffn(out)) * mask.unsqueeze(-1)

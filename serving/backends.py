@@ -24,7 +24,8 @@ import torch
 from recsys.batch import INPUT_NAMES
 from recsys.features import FeaturePipeline, FieldSpec
 from recsys.features.records import RecordEncoder
-from recsys.serving.export import FEATURES_DIR, METADATA_FILE, MODEL_FILE, OUTPUT_NAME
+from recsys.serving.export import FEATURES_DIR, METADATA_FILE, MODEL_FILE
+from recsys.serving.retrieval import ITEMS_FILE, ItemIndex, item_tokens
 
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 # Below this many rows per chunk, splitting a request costs more in calls than it saves.
@@ -51,6 +52,24 @@ class LoadedModel:
     device: str = "cpu"
     source: str = ""
     workers: int = 1  # cores one request may use (`recsys serve --threads`)
+    # A next-item model: `scorer` gives user vectors [B, D], and this index finds their top items.
+    index: ItemIndex | None = None
+
+    @property
+    def kind(self) -> str:
+        """"next_item" (POST /v1/recommend) or "score" (POST /v1/score)."""
+        return "next_item" if self.index is not None else "score"
+
+    def recommend_records(self, records: Sequence[Mapping[str, Any]], k: int, max_sequence_items: int | None = None
+                          ) -> list[list[dict[str, Any]]]:
+        """Each record's top `k` items as [{"item": raw token, "score": inner product}], its history's items
+        excluded (an item the vocabulary does not know is out-of-vocabulary there, not an error)."""
+        sparse, dense, seq = self.encoder.encode(records, max_sequence_items=max_sequence_items)
+        vectors = self.score_arrays(sparse, dense, seq)
+        ids, scores = self.index.search(vectors, k, exclude=seq[:, 0])
+        tokens = self.index.tokens
+        return [[{"item": tokens[i], "score": float(v)} for i, v in zip(row_ids, row_scores) if i >= 2]
+                for row_ids, row_scores in zip(ids.tolist(), scores.tolist())]
 
     def score_records(self, records: Sequence[Mapping[str, Any]], max_sequence_items: int | None = None) -> list[float]:
         sparse, dense, seq = self.encoder.encode(records, max_sequence_items=max_sequence_items)
@@ -73,15 +92,21 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         """What `GET /v1/model` shows: the metadata and the raw fields a request must carry."""
-        return {
+        described = {
             "model": self.name,
             "version": self.version,
+            "kind": self.kind,
+            "route": "/v1/recommend" if self.index is not None else "/v1/score",
             "backend": self.backend,
             "device": self.device,
             "source": self.source,
             "input_fields": [describe_field(f) for f in self.encoder.input_fields],
             "metadata": self.metadata,
         }
+        if self.index is not None:
+            described["retrieval"] = {"index": self.index.kind, "device": self.index.device, "items": len(self.index.item_ids),
+                                      "settings": self.index.settings or {}}
+        return described
 
 
 def describe_field(f: FieldSpec) -> dict[str, Any]:
@@ -104,7 +129,7 @@ def io_binding_scorer(session) -> Scorer:  # noqa: ANN001 - ort.InferenceSession
         binding = session.io_binding()  # one per call: an IOBinding is not shared between threads
         for name, array in zip(INPUT_NAMES, (sparse, dense, seq)):
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        binding.bind_output(OUTPUT_NAME, "cpu")
+        binding.bind_output(session.get_outputs()[0].name, "cpu")
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
@@ -125,7 +150,7 @@ def _onnx_scorer(path: Path) -> tuple[Scorer, str]:
         return io_binding_scorer(session), "cuda"
 
     def score_cpu(sparse: np.ndarray, dense: np.ndarray, seq: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, (sparse, dense, seq))))[0]
+        return session.run(None, dict(zip(INPUT_NAMES, (sparse, dense, seq))))[0]
 
     return score_cpu, "cpu"
 
@@ -136,10 +161,19 @@ def load_export(export_dir: str | Path, threads: int = 1) -> LoadedModel:
     if not meta_path.exists():
         raise FileNotFoundError(f"{export_dir} is not an export (no {METADATA_FILE}); make one with `recsys export`")
     metadata = json.loads(meta_path.read_text())
-    encoder = RecordEncoder(FeaturePipeline.load(export_dir / FEATURES_DIR))
+    pipeline = FeaturePipeline.load(export_dir / FEATURES_DIR)
+    encoder = RecordEncoder(pipeline)
     scorer, device = _onnx_scorer(export_dir / MODEL_FILE)
+    index = _item_index(export_dir, pipeline) if metadata.get("kind") == "next_item" else None
     return LoadedModel(metadata["model"], metadata["version"], "onnx", metadata, encoder, scorer, device,
-                       str(export_dir.resolve()), workers=threads if device == "cpu" else 1)
+                       str(export_dir.resolve()), workers=threads if device == "cpu" else 1, index=index)
+
+
+def _item_index(export_dir: Path, pipeline: FeaturePipeline) -> ItemIndex:
+    """The export's retrieval index, on the GPU where faiss has one (exact and IVF indexes)."""
+    items = np.load(export_dir / ITEMS_FILE, allow_pickle=False)
+    vocab = pipeline.vocabs[pipeline.schema.target.vocab_key]
+    return ItemIndex.load(export_dir, item_tokens(vocab["token"].to_list(), vocab["id"].to_list(), len(items))).to_gpu()
 
 
 def load_torch_run(run_dir: str | Path, threads: int = 1) -> LoadedModel:
@@ -154,7 +188,13 @@ def load_torch_run(run_dir: str | Path, threads: int = 1) -> LoadedModel:
             return module(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(seq)).numpy()
 
     m = run.metrics
-    metadata = {"model": m.get("model"), "dataset": m.get("dataset"), "run_id": m.get("run_id"),
+    metadata = {"model": m.get("model"), "dataset": m.get("dataset"), "run_id": m.get("run_id"), "kind": m.get("task"),
                 "metrics": {"val": m.get("val"), "test": m.get("test")}, "data_fingerprint": m.get("data_fingerprint")}
+    index = None
+    if run.next_item:  # the run's own item matrix behind an exact index (an export chooses its index kind)
+        with torch.inference_mode():
+            items = module.model.item_vectors().float().numpy()
+        vocab = run.pipeline.vocabs[run.schema.target.vocab_key]
+        index = ItemIndex.from_item_vectors(items, item_tokens(vocab["token"].to_list(), vocab["id"].to_list(), len(items)))
     return LoadedModel(str(m.get("model")), f"{m.get('run_id')}.torch", "torch", metadata,
-                       RecordEncoder(run.pipeline), score_torch, "cpu", str(Path(run_dir).resolve()), workers=threads)
+                       RecordEncoder(run.pipeline), score_torch, "cpu", str(Path(run_dir).resolve()), workers=threads, index=index)

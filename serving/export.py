@@ -2,7 +2,11 @@
 
     EXPORT_DIR/model.onnx      inputs sparse int64[B, F_sparse], dense float32[B, F_dense],
                                seq int64[B, F_seq, L] (all three always, empty groups included);
-                               output score float32[B] (the sigmoid is inside); only B is dynamic
+                               output score float32[B] (the sigmoid is inside); only B is dynamic.
+                               A next-item run exports its user tower instead: output user_vector
+                               float32[B, D], and beside it
+    EXPORT_DIR/items.npy       the item matrix [items, D] (row = item id), and
+    EXPORT_DIR/index.faiss     a faiss inner-product index over the recommendable items (+ index.json)
     EXPORT_DIR/features/       schema.json + vocab/<table>.parquet, the run's own feature artifacts
     EXPORT_DIR/metadata.json   model, dataset, metrics, data fingerprint, code version, inputs, parity
 
@@ -42,6 +46,12 @@ METADATA_FILE = "metadata.json"
 FEATURES_DIR = "features"
 EXPORT_FORMAT = 1
 OUTPUT_NAME = "score"
+USER_VECTOR_NAME = "user_vector"
+# Next-item parity: user vectors (LayerNorm outputs, magnitude ~1) to 1e-4; the exact index's top K must
+# be torch.topk's but for ties and float rounding.
+VECTOR_ATOL = 1e-4
+TOPK = 10
+MIN_EXACT_TOPK_AGREEMENT = 0.99
 # Rows the graph is traced with; parity then runs at other batch sizes, so a batch dimension baked
 # into the graph (a reshape to the trace size) fails the check instead of reaching serving.
 TRACE_ROWS = 3
@@ -68,7 +78,7 @@ def input_shapes(schema: Schema) -> dict[str, list[int | str]]:
 INPUT_DTYPES = {"sparse": "int64", "dense": "float32", "seq": "int64"}
 
 
-def export_onnx(scorer: torch.nn.Module, example: Batch, path: Path) -> None:
+def export_onnx(scorer: torch.nn.Module, example: Batch, path: Path, output_name: str = OUTPUT_NAME) -> None:
     """Trace with torch.export (the `dynamo=True` exporter: the TorchScript one drops unused inputs,
     which would make the signature differ between models) and write one self-contained file."""
     batch = torch.export.Dim("batch", min=1)
@@ -76,13 +86,14 @@ def export_onnx(scorer: torch.nn.Module, example: Batch, path: Path) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             scorer, example.inputs(), str(path), dynamo=True, external_data=False, optimize=True,
-            input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            input_names=list(INPUT_NAMES), output_names=[output_name],
             dynamic_shapes=tuple({0: batch} for _ in INPUT_NAMES), verbose=False,
         )
 
 
-def check_graph(path: Path, schema: Schema) -> None:
-    """The graph's signature is the Batch contract: three named inputs, only dimension 0 symbolic."""
+def check_graph(path: Path, schema: Schema, output_rank: int = 1) -> None:
+    """The graph's signature is the Batch contract: three named inputs, only dimension 0 symbolic; one
+    output whose first dimension is the batch (a score [B], or a user vector [B, D] with `output_rank` 2)."""
     import onnx
 
     graph = onnx.load(str(path)).graph
@@ -100,8 +111,9 @@ def check_graph(path: Path, schema: Schema) -> None:
         if not fixed_ok or not isinstance(got[0], str):
             raise ExportError(f"input {value.name!r} has shape {got}; expected {want} with only the batch dimension dynamic")
     outputs = [(o.name, dims(o)) for o in graph.output]
-    if len(outputs) != 1 or len(outputs[0][1]) != 1 or not isinstance(outputs[0][1][0], str):
-        raise ExportError(f"graph outputs are {outputs}; expected one score of shape [batch]")
+    if len(outputs) != 1 or len(outputs[0][1]) != output_rank or not isinstance(outputs[0][1][0], str):
+        what = "one score of shape [batch]" if output_rank == 1 else "one user vector of shape [batch, D]"
+        raise ExportError(f"graph outputs are {outputs}; expected {what}")
 
 
 def onnx_session(path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)):  # noqa: ANN201 - ort.InferenceSession
@@ -122,12 +134,13 @@ def onnx_session(path: Path, providers: Sequence[str] = ("CPUExecutionProvider",
 
 def _run_onnx(session, batch: Batch) -> np.ndarray:  # noqa: ANN001
     feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, batch.inputs())}
-    return session.run([OUTPUT_NAME], feeds)[0]
+    return session.run(None, feeds)[0]
 
 
-def parity(scorer: torch.nn.Module, session, rows: Batch) -> dict[str, Any]:  # noqa: ANN001
+def parity(scorer: torch.nn.Module, session, rows: Batch, atol: float = SCORE_ATOL) -> dict[str, Any]:  # noqa: ANN001
     """ONNX Runtime against PyTorch on `rows`: all rows in one call, in chunks of an odd size, and
-    one row at a time for the first few. Raises ExportError past the tolerances."""
+    one row at a time for the first few. Raises ExportError past the tolerances (`atol` on every output
+    value; the AUC too where the rows have labels)."""
     with torch.inference_mode():
         expected = scorer(*rows.inputs()).numpy()
     n = len(rows)
@@ -138,18 +151,19 @@ def parity(scorer: torch.nn.Module, session, rows: Batch) -> dict[str, Any]:  # 
     }
     single = min(n, 32)
     singles = np.concatenate([_run_onnx(session, rows.take(slice(i, i + 1))) for i in range(single)])
-    report: dict[str, Any] = {"rows": n, "trace_rows": TRACE_ROWS, "score_atol": SCORE_ATOL, "auc_atol": AUC_ATOL}
+    report: dict[str, Any] = {"rows": n, "trace_rows": TRACE_ROWS, "score_atol": atol}
     worst = 0.0
     for name, got in {**runs, f"batch 1 (first {single} rows)": singles}.items():
         want = expected[: len(got)]
         if got.shape != want.shape:
             raise ExportError(f"ONNX Runtime returned shape {got.shape} for {name}, PyTorch {want.shape}")
         diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if len(got) else 0.0
-        if not np.isfinite(diff) or diff > SCORE_ATOL:
-            raise ExportError(f"scores differ between ONNX Runtime and PyTorch by {diff:.3g} at {name} (limit {SCORE_ATOL})")
+        if not np.isfinite(diff) or diff > atol:
+            raise ExportError(f"scores differ between ONNX Runtime and PyTorch by {diff:.3g} at {name} (limit {atol})")
         worst = max(worst, diff)
     report["max_abs_diff"] = worst
     if rows.label is not None:
+        report["auc_atol"] = AUC_ATOL
         auc_torch = auc(torch.from_numpy(expected), rows.label)
         auc_onnx = auc(torch.from_numpy(runs[f"batch {n}"]), rows.label)
         report.update(auc_torch=auc_torch, auc_onnx=auc_onnx)
@@ -183,6 +197,36 @@ def validation_rows(run: LoadedRun, rows: int, cache_dir: str | Path | None = No
     return frame_to_batch(frame, run.schema), prepared.fingerprint
 
 
+def write_item_index(run: LoadedRun, rows: Batch, directory: Path, kind: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Write the item matrix and a faiss index of kind `kind` into `directory`, and check retrieval parity:
+    the index's top K for the validation users' vectors against torch.topk over the same scores. An exact
+    index must agree but for ties (MIN_EXACT_TOPK_AGREEMENT); an approximate one records its recall@K."""
+    from recsys.serving.retrieval import ITEMS_FILE, ItemIndex, item_tokens, topk_agreement
+
+    model = run.scorer.model
+    with torch.inference_mode():
+        items = model.item_vectors().float().numpy()
+        users = run.scorer(*rows.inputs()).float()
+        expected = torch.topk(users @ torch.from_numpy(items[2:]).t(), TOPK, dim=1).indices.numpy() + 2
+    np.save(directory / ITEMS_FILE, items, allow_pickle=False)
+    vocab = run.pipeline.vocabs[run.schema.target.vocab_key]
+    tokens = item_tokens(vocab["token"].to_list(), vocab["id"].to_list(), len(items))
+    start = time.perf_counter()
+    index = ItemIndex.from_item_vectors(items, tokens, kind, **settings)
+    build_seconds = time.perf_counter() - start
+    found, _ = index.search(users.numpy(), TOPK)
+    agreement = topk_agreement(found, expected)
+    exact = ItemIndex.from_item_vectors(items, tokens, "exact") if kind != "exact" else index
+    recall = topk_agreement(found, exact.search(users.numpy(), TOPK)[0]) if kind != "exact" else agreement
+    if kind == "exact" and agreement < MIN_EXACT_TOPK_AGREEMENT:
+        raise ExportError(f"the exact index's top {TOPK} agrees with torch.topk on only {agreement:.4f} of the items "
+                          f"(limit {MIN_EXACT_TOPK_AGREEMENT})")
+    index.save(directory)
+    return {"index": kind, "settings": settings, "items": len(items) - 2, "dim": items.shape[1], "k": TOPK,
+            "users": len(rows), "topk_agreement_with_torch": agreement, f"recall@{TOPK}_vs_exact": recall,
+            "build_seconds": build_seconds}
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -194,8 +238,11 @@ def _package_version() -> str | None:
         return None
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, rows: int = PARITY_ROWS, cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """Export the run in `run_dir` to `out`. Returns the metadata; raises ExportError when refused."""
+def export_run(run_dir: str | Path, out: str | Path, *, rows: int = PARITY_ROWS, cache_dir: str | Path | None = None,
+               index: str = "exact", index_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Export the run in `run_dir` to `out`. Returns the metadata; raises ExportError when refused.
+    A next-item run also gets its item matrix and a retrieval index of kind `index` (exact, hnsw or
+    ivf; `index_settings` are `serving.retrieval.build_index`'s)."""
     out = Path(out)
     if out.exists() and not (out / METADATA_FILE).exists():
         raise ExportError(f"{out} exists and is not an earlier export (no {METADATA_FILE}); refusing to replace it")
@@ -208,17 +255,20 @@ def export_run(run_dir: str | Path, out: str | Path, *, rows: int = PARITY_ROWS,
                           "the parity check would compare against other data; retrain the run on the current data")
     if len(valid) <= TRACE_ROWS:
         raise ExportError(f"only {len(valid)} validation rows; parity needs more than the {TRACE_ROWS} traced")
+    output = USER_VECTOR_NAME if run.next_item else OUTPUT_NAME
     with atomic_directory(out) as tmp:
         start = time.perf_counter()
         try:
-            export_onnx(run.scorer, valid.take(slice(0, TRACE_ROWS)), tmp / MODEL_FILE)
+            export_onnx(run.scorer, valid.take(slice(0, TRACE_ROWS)), tmp / MODEL_FILE, output)
         except Exception as err:  # the exporter raises many types; each means "this graph cannot be exported"
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise ExportError(f"{name}: torch.onnx.export failed: {type(err).__name__}: {first}") from err
         export_seconds = time.perf_counter() - start
         try:
-            check_graph(tmp / MODEL_FILE, run.schema)
-            report = parity(run.scorer, onnx_session(tmp / MODEL_FILE), valid)
+            check_graph(tmp / MODEL_FILE, run.schema, output_rank=2 if run.next_item else 1)
+            report = parity(run.scorer, onnx_session(tmp / MODEL_FILE), valid, VECTOR_ATOL if run.next_item else SCORE_ATOL)
+            if run.next_item:
+                report["retrieval"] = write_item_index(run, valid, tmp, index, index_settings or {})
         except ExportError as err:
             raise ExportError(f"{name}: {err}") from err
         shutil.copytree(run.features_dir, tmp / FEATURES_DIR)
@@ -242,7 +292,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, rows: int = PARITY_ROWS,
             },
             "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, "exporter": "torch.onnx.export(dynamo=True)"},
             "inputs": [{"name": n, "dtype": INPUT_DTYPES[n], "shape": s} for n, s in input_shapes(run.schema).items()],
-            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch"], "meaning": "sigmoid(logit), the click probability"},
+            "kind": "next_item" if run.next_item else "score",
+            "output": ({"name": USER_VECTOR_NAME, "dtype": "float32", "shape": ["batch", int(report["retrieval"]["dim"])],
+                        "meaning": "the user vector; an item's score is its inner product with the item's row of items.npy"}
+                       if run.next_item else
+                       {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch"], "meaning": "sigmoid(logit), the click probability"}),
             "parity": report,
             "export_seconds": export_seconds,
             "source_run": str(Path(run_dir).resolve()),

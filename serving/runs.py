@@ -21,7 +21,8 @@ class RunError(Exception):
 
 
 class ScoringModule(torch.nn.Module):
-    """What is exported and served: the three Batch groups in, probabilities out (sigmoid inside)."""
+    """What is exported and served for a CTR model: the three Batch groups in, probabilities out (sigmoid
+    inside)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -31,13 +32,34 @@ class ScoringModule(torch.nn.Module):
         return torch.sigmoid(self.model(Batch(sparse, dense, seq)))
 
 
+class UserTower(torch.nn.Module):
+    """What is exported and served for a next-item model: the three Batch groups in (the history in
+    `seq`), the user vector [B, D] out; the items it is scored against go to the retrieval index."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        return self.model(Batch(sparse, dense, seq))
+
+
+def is_next_item(metrics: dict[str, Any]) -> bool:
+    """Whether a run (by its metrics.json) predicts next items rather than scoring (user, item) pairs."""
+    return metrics.get("task") == "next_item"
+
+
 @dataclass
 class LoadedRun:
     directory: Path
     metrics: dict[str, Any]
     config: DictConfig
     pipeline: FeaturePipeline
-    scorer: ScoringModule  # in eval mode
+    scorer: ScoringModule | UserTower  # in eval mode
+
+    @property
+    def next_item(self) -> bool:
+        return is_next_item(self.metrics)
 
     @property
     def schema(self) -> Schema:
@@ -69,4 +91,5 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise RunError(f"checkpoint {checkpoint} does not fit {metrics.get('model')}: missing {missing}, unexpected {unexpected}")
-    return LoadedRun(run_dir, metrics, config, pipeline, ScoringModule(model).eval())
+    module = UserTower(model) if is_next_item(metrics) else ScoringModule(model)
+    return LoadedRun(run_dir, metrics, config, pipeline, module.eval())

@@ -39,12 +39,14 @@ def _train_main() -> None:
 
 
 def _export_main(args: list[str]) -> None:
-    """`recsys export run_dir=DIR out=DIR [rows=N] [cache_dir=DIR]`, in the key=value style of `train`."""
-    allowed = {"run_dir", "out", "rows", "cache_dir"}
+    """`recsys export run_dir=DIR out=DIR [rows=N] [cache_dir=DIR] [index=exact|hnsw|ivf]`, in the key=value
+    style of `train`. `index` is the retrieval index of a next-item run."""
+    allowed = {"run_dir", "out", "rows", "cache_dir", "index"}
     options = dict(a.split("=", 1) for a in args if "=" in a)
     unknown = [a for a in args if "=" not in a or a.split("=", 1)[0] not in allowed]
     if unknown or not {"run_dir", "out"} <= options.keys():
-        print(f"usage: recsys export run_dir=DIR out=EXPORT_DIR [rows=N] [cache_dir=DIR] (not understood: {unknown})", file=sys.stderr)
+        print(f"usage: recsys export run_dir=DIR out=EXPORT_DIR [rows=N] [cache_dir=DIR] [index=exact|hnsw|ivf] "
+              f"(not understood: {unknown})", file=sys.stderr)
         sys.exit(2)
     import logging
 
@@ -53,13 +55,17 @@ def _export_main(args: list[str]) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        meta = export_run(options["run_dir"], options["out"], rows=int(options.get("rows", PARITY_ROWS)), cache_dir=options.get("cache_dir"))
+        meta = export_run(options["run_dir"], options["out"], rows=int(options.get("rows", PARITY_ROWS)), cache_dir=options.get("cache_dir"),
+                          index=options.get("index", "exact"))
     except (ExportError, RunError) as err:
         print(f"recsys export: refused: {err}", file=sys.stderr)
         sys.exit(1)
     p = meta["parity"]
+    summary = (f"top-{p['retrieval']['k']} agreement with torch {p['retrieval']['topk_agreement_with_torch']:.4f} "
+               f"({p['retrieval']['index']} index over {p['retrieval']['items']:,} items)" if "retrieval" in p else
+               f"AUC torch {p.get('auc_torch', float('nan')):.6f} onnx {p.get('auc_onnx', float('nan')):.6f}")
     print(f"exported {meta['model']} ({meta['version']}) to {options['out']}: {p['rows']} validation rows, "
-          f"max |onnx - torch| {p['max_abs_diff']:.2g}, AUC torch {p.get('auc_torch', float('nan')):.6f} onnx {p.get('auc_onnx', float('nan')):.6f}")
+          f"max |onnx - torch| {p['max_abs_diff']:.2g}, {summary}")
 
 
 def _serve_main(args: list[str]) -> None:

@@ -36,12 +36,14 @@ def frame_to_batch(frame: pl.DataFrame, schema: Schema) -> Batch:
         seq = torch.from_numpy(np.stack([frame[f.name].to_numpy() for f in seq_fields], axis=1).astype(np.int64))
     else:
         seq = torch.zeros((n, 0, 0), dtype=torch.int64)
-    label = group = None
+    label = group = target = None
     if schema.label is not None and schema.label.name in frame.columns:
         label = torch.from_numpy(np.array(frame[schema.label.name].to_numpy(), dtype=np.float32))
     if schema.group is not None and schema.group.name in frame.columns:
         group = torch.from_numpy(np.array(frame[schema.group.name].to_numpy(), dtype=np.int64))
-    return Batch(sparse, dense, seq, label, group)
+    if schema.target is not None and schema.target.name in frame.columns:
+        target = torch.from_numpy(np.array(frame[schema.target.name].to_numpy(), dtype=np.int64))
+    return Batch(sparse, dense, seq, label, group, target)
 
 
 class BatchIterator:

@@ -90,10 +90,16 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
     synthetic = bool(data_cfg.get("synthetic"))
     cache_dir = Path(cache_dir)
     if synthetic:
-        from recsys.data.synthetic import GENERATOR_VERSION, write_synthetic_ctr
+        from recsys.data.synthetic import GENERATOR_VERSION, write_synthetic_ctr, write_synthetic_sequences
 
-        raw_dir = cache_dir / "raw" / f"synthetic-{_digest({**data_cfg['synthetic'], 'generator': GENERATOR_VERSION})}"
-        write_synthetic_ctr(raw_dir, **dict(data_cfg["synthetic"]))
+        settings = dict(data_cfg["synthetic"])
+        writers = {"ctr": write_synthetic_ctr, "next_item": write_synthetic_sequences}
+        kind = settings.pop("generator", "ctr")
+        if kind not in writers:
+            raise FeatureError(f"dataset {data_cfg['name']!r}: unknown synthetic generator {kind!r}; expected one of {sorted(writers)}")
+        key = {**settings, "generator": GENERATOR_VERSION} if kind == "ctr" else {**settings, "generator": f"{kind}-{GENERATOR_VERSION}"}
+        raw_dir = cache_dir / "raw" / f"synthetic-{_digest(key)}"
+        writers[kind](raw_dir, **settings)
         data_cfg["root"] = str(raw_dir)
     elif data_cfg.get("recipe"):
         data_cfg["root"] = str(materialise_recipe(data_cfg, cache_dir))

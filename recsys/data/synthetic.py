@@ -83,3 +83,41 @@ def _histories(rng: np.random.Generator, users: np.ndarray, factors: dict[str, n
     history = np.searchsorted(shifted, draws) - users[:, None] * n_items
     history = np.clip(history, 0, n_items - 1)
     return history, rng.integers(0, MAX_HISTORY + 1, size=n)
+
+
+def write_synthetic_sequences(directory: str | Path, n_users: int = 3000, n_items: int = 400, min_length: int = 5,
+                              max_length: int = 30, follow: float = 0.7, seed: int = 2021) -> Path:
+    """Write train/valid/test Parquet splits of user item sequences, leave-one-out per user (the same split
+    as the real next-item data, `recsys.features.recipes.leave_one_out`). Each item has three preferred
+    successors: the next item is one of them with probability `follow` (a planted transition a sequence
+    model can learn), else a Zipf-popular item. Does nothing if the files are already there for the same
+    settings."""
+    from recsys.features.recipes import leave_one_out
+
+    directory = Path(directory)
+    settings = {"generator": f"next_item-{GENERATOR_VERSION}", "n_users": n_users, "n_items": n_items,
+                "min_length": min_length, "max_length": max_length, "follow": follow, "seed": seed}
+    marker = directory / "SYNTHETIC.json"
+    if marker.exists() and json.loads(marker.read_text()) == settings:
+        return directory
+    rng = np.random.default_rng(seed)
+    successors = rng.integers(1, n_items + 1, size=(n_items + 1, 3))
+    popular = np.minimum(rng.zipf(1.5, size=(n_users, max_length)), n_items)
+    lengths = rng.integers(min_length, max_length + 1, size=n_users)
+    items = np.empty((n_users, max_length), dtype=np.int64)
+    items[:, 0] = popular[:, 0]
+    follows = rng.random((n_users, max_length)) < follow
+    picks = rng.integers(0, 3, size=(n_users, max_length))
+    for t in range(1, max_length):  # a loop over positions (the chain is sequential), vectorised over users
+        items[:, t] = np.where(follows[:, t], successors[items[:, t - 1], picks[:, t]], popular[:, t])
+    users = pl.DataFrame({"user": np.arange(1, n_users + 1), "items": items.tolist(), "length": lengths}).select(
+        "user", pl.col("items").list.head(pl.col("length"))
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, frame in leave_one_out(users, "synthetic sequences").items():
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".parquet")
+        os.close(fd)
+        frame.write_parquet(tmp)
+        os.replace(tmp, directory / f"{split}.parquet")
+    marker.write_text(json.dumps(settings))
+    return directory

@@ -33,7 +33,7 @@ class Task(L.LightningModule):
         weight_decay: Adam's own L2 (added to the gradient of every parameter), as TensorFlow code that
             adds lambda * sum(w^2) / 2 for all variables does.
         lr_factor, min_lr: on each validation epoch without a better monitored metric, multiply the LR by
-            lr_factor (not below min_lr), as BARS does; early stopping is a callback.
+            lr_factor (not below min_lr), as BARS does; 1.0 keeps the LR constant. Early stopping is a callback.
         monitor: the validation metric that selects epochs and checkpoints; default the task's own.
     """
 
@@ -91,6 +91,8 @@ class Task(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.hparams.learning_rate,
                                      weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_factor >= 1.0:
+            return {"optimizer": optimizer}
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=self.mode, factor=self.hparams.lr_factor, patience=0, threshold=1e-6,
             threshold_mode="abs", min_lr=self.hparams.min_lr,
