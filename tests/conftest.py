@@ -65,6 +65,23 @@ def small_synthetic(tmp_path_factory: pytest.TempPathFactory):
     return SMALL_SYNTHETIC, dm
 
 
+# Small synthetic next-item data (user item sequences with planted transitions).
+SMALL_NEXT_ITEM = ["data=synthetic_next_item", "task=next_item", "data.synthetic.n_users=600", "data.synthetic.n_items=120",
+                   "data.batch_size=64", "data.eval_batch_size=128"]
+
+
+@pytest.fixture(scope="session")
+def small_next_item(tmp_path_factory: pytest.TempPathFactory):
+    """(overrides, datamodule) for the small synthetic next-item set, prepared once per session."""
+    from recsys.config import build_datamodule, compose_train_config
+
+    cache = tmp_path_factory.mktemp("next-item-cache")
+    cfg = compose_train_config(["model=sasrec", *SMALL_NEXT_ITEM, f"paths.cache_dir={cache}"])
+    dm = build_datamodule(cfg)
+    dm.setup()
+    return SMALL_NEXT_ITEM, dm
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -41,3 +41,41 @@ def test_logloss_from_logits_and_degenerate_auc() -> None:
     assert math.isnan(auc(torch.tensor([0.1, 0.2]), torch.tensor([1.0, 1.0])))
     out = ctr_metrics(logits, labels, torch.tensor([0, 0, 1, 1]))
     assert set(out) == {"auc", "logloss", "gauc"} and out["gauc"] == pytest.approx(0.5)
+
+
+def test_next_item_ranks_and_metrics_on_a_hand_computed_example() -> None:
+    """Items 0 (padding) and 1 (out-of-vocabulary) are never ranked; history items are masked; ties count
+    against the target; an unreachable target is a miss everywhere."""
+    from recsys.metrics import ranking_metrics, target_ranks
+
+    scores = torch.tensor([
+        # ids:  0    1    2    3    4    5    6
+        [9.0, 9.0, 0.1, 0.9, 0.5, 0.7, 0.2],  # target 4; 3 is in the history, so only 5 ranks above 4
+        [0.0, 0.0, 0.3, 0.3, 0.3, 0.1, 0.9],  # target 3 tied with 2 and 4: pessimistic rank 1 (6) + 2 ties + 1 = 4
+        [0.0, 0.0, 0.5, 0.4, 0.3, 0.2, 0.1],  # target 2 is in the history (a repeat): unreachable
+        [0.0, 0.0, 0.5, 0.4, 0.3, 0.2, 0.1],  # target 1 is out-of-vocabulary: unreachable
+    ])
+    targets = torch.tensor([4, 3, 2, 1])
+    history = torch.tensor([[0, 3], [0, 0], [2, 5], [0, 6]])
+    ranks = target_ranks(scores, targets, history)
+    assert ranks.tolist() == [2.0, 4.0, math.inf, math.inf]
+    metrics = ranking_metrics(ranks, ks=(1, 3, 5))
+    assert metrics["hr@1"] == 0.0 and metrics["hr@3"] == 0.25 and metrics["hr@5"] == 0.5
+    assert metrics["ndcg@3"] == pytest.approx((1 / math.log2(3)) / 4)
+    assert metrics["ndcg@5"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / 4)
+    assert metrics["mrr"] == pytest.approx((1 / 2 + 1 / 4) / 4)
+    # Masking at test time: with the validation item (5) added to row 0's history, the target moves up.
+    assert target_ranks(scores[:1], targets[:1], torch.tensor([[3, 5]])).tolist() == [1.0]
+
+
+def test_a_masked_item_is_never_ranked_whatever_it_scores() -> None:
+    from recsys.metrics import target_ranks
+
+    torch.manual_seed(0)
+    scores = torch.randn(64, 50)
+    history = torch.randint(2, 50, (64, 8))
+    targets = torch.randint(2, 50, (64,))
+    low, high = scores.clone().scatter_(1, history, -100.0), scores.clone().scatter_(1, history, 100.0)
+    # The history's own scores cannot move any target: they are out of the ranking.
+    assert torch.equal(target_ranks(low, targets, history), target_ranks(high, targets, history))
+    assert torch.isinf(target_ranks(scores, targets, history)).sum() == (history == targets.unsqueeze(1)).any(1).sum()
