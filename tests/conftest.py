@@ -98,6 +98,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 SERVING_SYNTHETIC = ["data=synthetic", "data.synthetic.n_train=2000", "data.synthetic.n_valid=10000",
                      "data.synthetic.n_test=200", "data.batch_size=250", "trainer.max_epochs=1",
                      "task.learning_rate=0.01", "trainer.enable_progress_bar=false", "logger=csv"]
+# Next-item runs: 3,000 users, so export parity runs on 3,000 validation users.
+SERVING_NEXT_ITEM = ["data=synthetic_next_item", "task=next_item", "data.synthetic.n_items=300", "trainer.max_epochs=1",
+                     "task.learning_rate=0.01", "trainer.enable_progress_bar=false", "logger=csv"]
 
 
 class TinyRuns:
@@ -110,11 +113,13 @@ class TinyRuns:
     def __call__(self, model: str, seed: int = 2021) -> Path:
         key = f"{model}-{seed}"
         if key not in self._runs:
-            from recsys.config import compose_train_config
             from recsys.commands.train import train
+            from recsys.config import compose_train_config
+            from recsys.models import model_class
 
             out = self.root / "runs" / key
-            cfg = compose_train_config([f"model={model}", *SERVING_SYNTHETIC, f"seed={seed}",
+            data = SERVING_NEXT_ITEM if hasattr(model_class(model), "item_vectors") else SERVING_SYNTHETIC
+            cfg = compose_train_config([f"model={model}", *data, f"seed={seed}",
                                         f"paths.cache_dir={self.cache}", f"paths.output_dir={out}"])
             train(cfg, out)
             self._runs[key] = out
@@ -122,13 +127,21 @@ class TinyRuns:
 
     def raw_valid(self, n: int) -> list[dict[str, Any]]:
         """Raw validation rows as a client would send them (label dropped)."""
-        from recsys.config import compose_train_config
-        from recsys.config import prepare_configured
+        from recsys.config import compose_train_config, prepare_configured
 
         # The synthetic set is written on first use, which need not be a training run of this session.
         prepare_configured(compose_train_config([*SERVING_SYNTHETIC, f"paths.cache_dir={self.cache}"]))
         (path,) = self.cache.glob("raw/synthetic-*/valid.csv")
         return pl.read_csv(path, n_rows=n, infer_schema_length=0).drop("label").to_dicts()
+
+    def raw_histories(self, n: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """Raw validation histories of the next-item runs as a client sends them, and their next items."""
+        from recsys.config import compose_train_config, prepare_configured
+
+        prepare_configured(compose_train_config([*SERVING_NEXT_ITEM, f"paths.cache_dir={self.cache}"]))
+        (path,) = [p for p in self.cache.glob("raw/synthetic-*/valid.parquet")]
+        frame = pl.read_parquet(path, n_rows=n)
+        return [{"history": [str(i) for i in h]} for h in frame["history"].to_list()], [str(t) for t in frame["target"]]
 
 
 @pytest.fixture(scope="session")

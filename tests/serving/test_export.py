@@ -4,36 +4,45 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 import torch
 
 from recsys.models import REGISTRY
-from recsys.serving.export import AUC_ATOL, PARITY_ROWS, SCORE_ATOL, ExportError, export_run
+from recsys.serving.export import AUC_ATOL, PARITY_ROWS, SCORE_ATOL, VECTOR_ATOL, ExportError, export_run
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_registered_model_exports_with_parity(name: str, exported) -> None:
     out = exported(name)
-    assert sorted(p.name for p in out.iterdir()) == ["features", "metadata.json", "model.onnx"]
-    assert (out / "features" / "schema.json").exists()
-    # No pickle anywhere: JSON, Parquet and ONNX (protobuf) only.
-    suffixes = {p.suffix for p in out.rglob("*") if p.is_file()}
-    assert suffixes <= {".json", ".parquet", ".onnx"}, suffixes
-
     meta = json.loads((out / "metadata.json").read_text())
+    next_item = meta["kind"] == "next_item"
+    retrieval = ["index.faiss", "index.json", "items.npy"] if next_item else []
+    assert sorted(p.name for p in out.iterdir()) == sorted(["features", "metadata.json", "model.onnx", *retrieval])
+    assert (out / "features" / "schema.json").exists()
+    # No pickle anywhere: JSON, Parquet, ONNX (protobuf), NumPy arrays and faiss's own index format only.
+    suffixes = {p.suffix for p in out.rglob("*") if p.is_file()}
+    assert suffixes <= {".json", ".parquet", ".onnx", ".npy", ".faiss"}, suffixes
+
     assert meta["model"] == name and meta["data_fingerprint"] and meta["code_version"]["git_commit"]
-    assert meta["metrics"]["val"]["auc"] > 0
     parity = meta["parity"]
-    assert parity["rows"] == PARITY_ROWS
-    assert parity["max_abs_diff"] <= SCORE_ATOL
-    assert abs(parity["auc_onnx"] - parity["auc_torch"]) <= AUC_ATOL
+    if next_item:  # a user tower and an exact index with the same top K as torch
+        assert meta["metrics"]["val"]["ndcg@20"] > 0 and parity["rows"] == 3000
+        assert parity["max_abs_diff"] <= VECTOR_ATOL and parity["retrieval"]["topk_agreement_with_torch"] >= 0.999
+        assert np.load(out / "items.npy", allow_pickle=False).shape == (parity["retrieval"]["items"] + 2, parity["retrieval"]["dim"])
+    else:
+        assert meta["metrics"]["val"]["auc"] > 0
+        assert parity["rows"] == PARITY_ROWS
+        assert parity["max_abs_diff"] <= SCORE_ATOL
+        assert abs(parity["auc_onnx"] - parity["auc_torch"]) <= AUC_ATOL
 
     graph = onnx.load(str(out / "model.onnx")).graph
     shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
     assert list(shapes) == ["sparse", "dense", "seq"]
     assert all(isinstance(s[0], str) and all(isinstance(d, int) for d in s[1:]) for s in shapes.values())
-    assert {n.op_type for n in graph.node} >= {"Sigmoid"}
+    if not next_item:
+        assert {n.op_type for n in graph.node} >= {"Sigmoid"}
 
 
 class CrossRow(torch.nn.Module):
@@ -72,3 +81,33 @@ def test_export_refuses_to_replace_a_folder_that_is_not_an_export(tiny_runs, tmp
     with pytest.raises(ExportError, match="not an earlier export"):
         export_run(tiny_runs("lr"), tmp_path)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_the_retrieval_index_returns_torch_topk_and_leaves_out_the_history(exported, tiny_runs) -> None:
+    """faiss exact search = torch.topk over the same inner products; an approximate index is measured
+    against it; a history's items are never recommended to it; raw tokens round-trip."""
+    from recsys.serving.backends import load_export, load_torch_run
+    from recsys.serving.retrieval import ItemIndex, topk_agreement
+
+    served = load_export(exported("sasrec"))
+    histories, _ = tiny_runs.raw_histories(200)
+    sparse, dense, seq = served.encoder.encode(histories)
+    users = served.score_arrays(sparse, dense, seq)
+    items = np.load(exported("sasrec") / "items.npy")
+    scores = users @ items[2:].T
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :20] + 2
+    found, found_scores = served.index.search(users, 20)
+    assert topk_agreement(found, expected) >= 0.999
+    np.testing.assert_allclose(found_scores, np.take_along_axis(scores, found - 2, axis=1), rtol=1e-5, atol=1e-6)
+    hnsw = ItemIndex.from_item_vectors(items, served.index.tokens, "hnsw", hnsw_m=16, ef_search=64)
+    assert topk_agreement(hnsw.search(users, 20)[0], found) >= 0.9  # approximate, but close on 300 items
+    # The history's items are excluded, and the k best of the rest come back in order.
+    recommended = served.recommend_records(histories, 10)
+    for history, recs, row in zip(histories, recommended, scores):
+        assert len(recs) == 10 and not {r["item"] for r in recs} & set(history["history"])
+        allowed = [i for i in np.argsort(-row, kind="stable") + 2 if served.index.tokens[i] not in set(history["history"])]
+        assert [r["item"] for r in recs][:5] == [served.index.tokens[i] for i in allowed[:5]]
+    # The torch backend on the run folder recommends the same items.
+    torch_served = load_torch_run(tiny_runs("sasrec"))
+    assert [[r["item"] for r in recs] for recs in torch_served.recommend_records(histories[:20], 10)] == \
+           [[r["item"] for r in recs] for recs in recommended[:20]]
