@@ -25,7 +25,7 @@ from recsys.batch import INPUT_NAMES
 from recsys.features import FeaturePipeline, FieldSpec
 from recsys.features.records import RecordEncoder
 from recsys.serving.export import FEATURES_DIR, METADATA_FILE, MODEL_FILE
-from recsys.serving.retrieval import ITEMS_FILE, ItemIndex, item_tokens
+from recsys.serving.retrieval import ITEMS_FILE, ItemIndex, item_tokens, set_search_threads
 
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 # Below this many rows per chunk, splitting a request costs more in calls than it saves.
@@ -172,6 +172,7 @@ def load_export(export_dir: str | Path, threads: int = 1) -> LoadedModel:
 def _item_index(export_dir: Path, pipeline: FeaturePipeline) -> ItemIndex:
     """The export's retrieval index, on the GPU where faiss has one (exact and IVF indexes)."""
     items = np.load(export_dir / ITEMS_FILE, allow_pickle=False)
+    set_search_threads(1)  # one search per worker thread, as ORT runs one thread per call
     vocab = pipeline.vocabs[pipeline.schema.target.vocab_key]
     return ItemIndex.load(export_dir, item_tokens(vocab["token"].to_list(), vocab["id"].to_list(), len(items))).to_gpu()
 

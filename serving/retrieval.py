@@ -69,6 +69,12 @@ def build_index(vectors: np.ndarray, kind: str = "exact", *, hnsw_m: int = 32, e
     return index
 
 
+def set_search_threads(threads: int) -> None:
+    """faiss's OpenMP threads per search. The endpoint searches one request per worker thread, so 1, as
+    ONNX Runtime runs one intra-op thread per call there (`serving.export.onnx_session`)."""
+    _faiss().omp_set_num_threads(threads)
+
+
 def gpu_available() -> bool:
     faiss = _faiss()
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0

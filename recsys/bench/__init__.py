@@ -5,6 +5,8 @@
     recsys bench sequence     SDIM / DIN-long / DARE speed over history lengths        (sequence.py)
     recsys bench accuracy     a suite of experiments over seeds, and its claims        (accuracy.py)
     recsys bench serve        the HTTP endpoint under load, ONNX Runtime vs PyTorch   (serve.py)
+    recsys bench next-item    our SASRec against RecBole's, same split, size, eval      (next_item.py)
+    recsys bench retrieval    exact vs approximate top-K over a large catalogue         (retrieval.py)
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ from __future__ import annotations
 import argparse
 
 # Each benchmark module has add_parser(subparsers), which sets `fn` for its command.
-BENCHMARKS = ("zoo", "throughput", "sequence", "accuracy", "serve")
+BENCHMARKS = ("zoo", "throughput", "sequence", "accuracy", "serve", "next_item", "retrieval")
 
 
 def parser() -> argparse.ArgumentParser:
     import importlib
 
     root = argparse.ArgumentParser(prog="recsys bench", description="Benchmarks anyone can rerun (see BENCHMARKS.md).")
-    sub = root.add_subparsers(dest="what", required=True, metavar="{" + ",".join(BENCHMARKS) + "}")
+    sub = root.add_subparsers(dest="what", required=True)
     for name in BENCHMARKS:
         importlib.import_module(f"recsys.bench.{name}").add_parser(sub)
     return root

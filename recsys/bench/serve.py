@@ -66,8 +66,8 @@ def build_payloads(features_dir: Path, candidates: int, count: int, seed: int = 
     return bodies
 
 
-def _request(port: int, body: bytes) -> bytes:
-    return (f"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+def _request(port: int, body: bytes, path: str = "/v1/score") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
@@ -80,13 +80,15 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def run_cell(port: int, bodies: list[bytes], concurrency: int, max_requests: int, max_seconds: float) -> dict[str, Any]:
-    """`concurrency` connections sending back to back until `max_requests` are done or `max_seconds` pass."""
+async def run_cell(port: int, bodies: list[bytes], concurrency: int, max_requests: int, max_seconds: float,
+                   path: str = "/v1/score") -> dict[str, Any]:
+    """`concurrency` connections sending back to back to `path` until `max_requests` are done or
+    `max_seconds` pass."""
     latencies: list[float] = []
     errors = {"status": 0, "connection": 0}
     issued = 0
     deadline = time.perf_counter() + max_seconds
-    payloads = [_request(port, b) for b in bodies]
+    payloads = [_request(port, b, path) for b in bodies]
 
     async def worker(index: int) -> None:
         nonlocal issued

@@ -29,6 +29,7 @@ class TrainThroughput(L.Callback):
     def __init__(self) -> None:
         self.seconds = 0.0
         self.samples = 0
+        self.epoch_seconds: list[float] = []  # each training epoch's own time
         self._start: float | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -37,15 +38,19 @@ class TrainThroughput(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self.samples += len(batch)
 
+    def _stop(self) -> None:
+        elapsed = time.perf_counter() - self._start
+        self.seconds += elapsed
+        self.epoch_seconds.append(elapsed)
+        self._start = None
+
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is not None and not trainer.sanity_checking:
-            self.seconds += time.perf_counter() - self._start
-            self._start = None
+            self._stop()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is not None:  # no validation ran this epoch
-            self.seconds += time.perf_counter() - self._start
-            self._start = None
+            self._stop()
 
 
 def _relative(path: str, root: Path) -> str:
@@ -121,6 +126,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "best_epoch": best["epoch"] if best else None,
         "epochs": len(history),
         "train_seconds": throughput.seconds,
+        "train_epoch_seconds": throughput.epoch_seconds,
         "fit_seconds": fit_seconds,
         "time_to_best_seconds": best["elapsed_seconds"] if best else None,
         # Each process counts its own shard; together they trained world_size times as many rows.
