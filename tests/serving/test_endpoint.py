@@ -153,7 +153,7 @@ def test_every_bad_input_gets_a_4xx_that_names_the_problem(server, tiny_runs) ->
         assert body["error"]["message"], what
     assert "field 'item' is missing" in call(server, "POST", "/v1/score", {"instances": [{k: v for k, v in raw.items() if k != "item"}]})[1]["error"]["message"]
     assert call(server, "GET", "/v1/score")[0] == 405
-    assert call(server, "GET", "/nope")[1]["error"]["code"] == "http_error"
+    assert call(server, "GET", "/nope")[1]["error"]["code"] == "not_found"
 
     # Long sequences under the limit are truncated to the most recent max_len items, as in training.
     history = [str(i) for i in range(1, 60)]
