@@ -47,7 +47,6 @@ OUTPUT_NAME = "score"
 TRACE_ROWS = 3
 PARITY_ROWS = 10_000
 SCORE_ATOL = 1e-5
-AUC_ATOL = 1e-6
 
 
 class ExportError(Exception):
@@ -127,7 +126,12 @@ def _run_onnx(session, batch: Batch) -> np.ndarray:  # noqa: ANN001
 
 def parity(scorer: torch.nn.Module, session, rows: Batch) -> dict[str, Any]:  # noqa: ANN001
     """ONNX Runtime against PyTorch on `rows`: all rows in one call, in chunks of an odd size, and
-    one row at a time for the first few. Raises ExportError past the tolerances."""
+    one row at a time for the first few. Raises ExportError when a score differs by more than SCORE_ATOL.
+
+    The validation AUC of both is reported but decides nothing: with every score within SCORE_ATOL, the
+    AUCs can differ only by positive/negative pairs scored within 2 * SCORE_ATOL of each other, a tie or a
+    near-tie that float rounding breaks one way or the other (a tie broken the other way moves the AUC by
+    half a pair, 0.5 / (n_pos * n_neg)). A fixed AUC tolerance refused sound models for that alone."""
     with torch.inference_mode():
         expected = scorer(*rows.inputs()).numpy()
     n = len(rows)
@@ -138,7 +142,7 @@ def parity(scorer: torch.nn.Module, session, rows: Batch) -> dict[str, Any]:  # 
     }
     single = min(n, 32)
     singles = np.concatenate([_run_onnx(session, rows.take(slice(i, i + 1))) for i in range(single)])
-    report: dict[str, Any] = {"rows": n, "trace_rows": TRACE_ROWS, "score_atol": SCORE_ATOL, "auc_atol": AUC_ATOL}
+    report: dict[str, Any] = {"rows": n, "trace_rows": TRACE_ROWS, "score_atol": SCORE_ATOL}
     worst = 0.0
     for name, got in {**runs, f"batch 1 (first {single} rows)": singles}.items():
         want = expected[: len(got)]
@@ -153,8 +157,6 @@ def parity(scorer: torch.nn.Module, session, rows: Batch) -> dict[str, Any]:  # 
         auc_torch = auc(torch.from_numpy(expected), rows.label)
         auc_onnx = auc(torch.from_numpy(runs[f"batch {n}"]), rows.label)
         report.update(auc_torch=auc_torch, auc_onnx=auc_onnx)
-        if np.isfinite(auc_torch) and abs(auc_torch - auc_onnx) > AUC_ATOL:
-            raise ExportError(f"AUC differs between ONNX Runtime ({auc_onnx:.8f}) and PyTorch ({auc_torch:.8f})")
     return report
 
 
