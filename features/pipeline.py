@@ -7,6 +7,15 @@ Output columns (what the data module and the serving endpoint turn into a `Batch
 - a sequence field -> Array(Int64, max_len), the most recent `max_len` items, left-padded with 0;
 - the label -> Float32 in {0, 1}; the group -> Int64 id; a next-item target -> Int64 id of its sequence's
   vocabulary (out-of-vocabulary, 1, when missing).
+
+Raw numeric values, the same rule in fit, transform and the serving encoder (`records.RecordEncoder`):
+- null, an empty cell and NaN are missing: they take the field's fitted `fill`, and fitting leaves them
+  out of the statistics;
+- a value that is not a number (`"N/A!"`) and an infinite one (`inf`, `-Infinity`, `1e309`) are refused
+  with a FeatureError naming the column and the row (the endpoint: the instance and the field, as a 422);
+- a dense field's finite value outside the range fitting saw is clipped to that range [min, max] before
+  normalisation: the model is never asked about inputs beyond those it was trained on (a bucketed field
+  already puts such a value in its first or last bucket).
 """
 
 from __future__ import annotations
@@ -114,10 +123,51 @@ class FeaturePipeline:
         except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as err:
             raise FeatureError(f"{what}: {err}") from err
 
+    def check_values(self, frame: Frame, where: str, *, need_label: bool = True, first_line: int | None = None) -> int:
+        """Refuse a frame without the schema's columns, with no rows, with a numeric value that is neither
+        a number nor missing, an infinite numeric value, or a label other than 0 and 1, naming `where` (e.g.
+        "valid split (path)"), the row and the column; returns the row count. One aggregate pass; the
+        offending row is looked up only when there is one. `first_line` is the file line of row 1 (2 for a
+        CSV with a header), if it has lines. A frame that cannot be read raises FeatureError whose
+        __cause__ is the reader's error."""
+        lf = frame.lazy()
+        try:
+            present = set(self._check_columns(lf, need_label=need_label, context=where))
+        except pl.exceptions.PolarsError as err:  # a CSV reader infers its header here
+            raise FeatureError(f"{where}: {str(err).strip().splitlines()[0]}") from err
+        checks: dict[str, tuple[FieldSpec, pl.Expr, str]] = {}
+        for f in self.schema.fields:
+            if f.source not in present or f.kind not in ("numeric", "label"):
+                continue  # a missing column is _check_columns' error
+            raw = pl.col(f.source)
+            x = raw.cast(pl.Float64, strict=False)
+            if f.kind == "label":
+                checks[f.name] = (f, x.is_null() | ~x.is_in([0.0, 1.0]), "labels must be 0 or 1")
+            else:
+                checks[f.name] = (f, raw.is_not_null() & (x.is_null() | x.is_infinite()),
+                                  "numeric values must be finite numbers (empty, null or NaN means missing)")
+        try:
+            counts = lf.select(pl.len().alias("__rows"), *[bad.sum().alias(name) for name, (_, bad, _) in checks.items()]).collect()
+        except pl.exceptions.PolarsError as err:
+            raise FeatureError(f"{where}: {str(err).strip().splitlines()[0]}") from err
+        rows = counts["__rows"].item()
+        if rows == 0:
+            raise FeatureError(f"{where} is empty: it has no rows{' (a header only)' if first_line else ''}")
+        for name, (f, bad, rule) in checks.items():
+            n_bad = counts[name].item()
+            if not n_bad:
+                continue
+            index, value = lf.with_row_index("__row").filter(bad).select("__row", f.source).head(1).collect().row(0)
+            line = f" (line {index + first_line})" if first_line is not None else ""
+            what = "label column" if f.kind == "label" else "column"
+            raise FeatureError(f"{where}, row {index + 1}{line}: {what} {f.source!r} holds {str(value)!r}; {rule} "
+                               f"({n_bad} such row{'s' if n_bad > 1 else ''})")
+        return rows
+
     @staticmethod
     def _numeric(f: FieldSpec) -> pl.Expr:
-        # Strict: a value that is not a number fails at collect time, where _collect names the field.
-        return pl.col(f.source).cast(pl.Float64, strict=True)
+        """The raw numeric column as Float64, NaN as missing (null). Values were checked by check_values."""
+        return pl.col(f.source).cast(pl.Float64, strict=False).fill_nan(None)
 
     @staticmethod
     def _tokens(f: FieldSpec, kind: str) -> pl.Expr:
@@ -127,25 +177,13 @@ class FeaturePipeline:
         return lst.list.eval(pl.element().filter(pl.element().is_not_null() & (pl.element() != "")))
 
     # ------------------------------------------------------------------ fit
-    def fit(self, frame: Frame) -> FeaturePipeline:
+    def fit(self, frame: Frame, *, check_values: bool = True) -> FeaturePipeline:
+        """Learn vocabularies and statistics from `frame` (the training split). `check_values=False` skips
+        `check_values` for a caller that has already run it on this data (prepare_dataset, up front)."""
         lf = frame.lazy()
         kinds = self._check_columns(lf, need_label=True, context="fit")
-        n_rows = self._collect(lf.select(pl.len()), "fit").item()
-        if n_rows == 0:
-            raise FeatureError("fit: the input is empty (0 rows)")
-
-        label = self.schema.label
-        if label is not None:
-            bad = self._collect(
-                lf.select(pl.col(label.source).cast(pl.Float64, strict=False).alias("y"), pl.col(label.source).alias("raw"))
-                .filter(pl.col("y").is_null() | ~pl.col("y").is_in([0.0, 1.0]))
-                .select(pl.col("raw").cast(pl.String).unique().head(5)),
-                "label",
-            )
-            if bad.height:
-                raise FeatureError(
-                    f"label column {label.source!r} must hold only 0 and 1; found {bad['raw'].to_list()}"
-                )
+        if check_values:
+            self.check_values(lf, "fit input")
 
         stats_exprs: list[pl.Expr] = []
         for f in self.schema.fields:
@@ -168,6 +206,14 @@ class FeaturePipeline:
                 raise FeatureError(f"numeric field {f.name!r}: fill must be a number, 'mean' or 'median'")
             f.stats = {k: (0.0 if v is None else float(v)) for k, v in s.items()}
             f.stats["fill"] = 0.0 if fill is None else float(fill)
+            if f.is_dense:
+                ends = normalise(np.array([f.stats["min"], f.stats["max"]], dtype=np.float64), f,
+                                 lambda v: np.sign(v) * np.log1p(np.abs(v)))
+                if not np.isfinite(ends.astype(np.float32)).all():
+                    raise FeatureError(
+                        f"numeric field {f.name!r}: values from {f.stats['min']:.3g} to {f.stats['max']:.3g} do not fit "
+                        f"float32 after norm {f.norm!r}; use norm: log or standard"
+                    )
             if f.buckets:
                 filled = self._numeric(f).fill_null(f.stats["fill"])
                 qs = [i / f.buckets for i in range(1, f.buckets)]
@@ -215,19 +261,22 @@ class FeaturePipeline:
         return self
 
     # ------------------------------------------------------------------ transform
-    def transform(self, frame: Frame, *, require_label: bool = True) -> pl.LazyFrame:
+    def transform(self, frame: Frame, *, require_label: bool = True, check_values: bool = True) -> pl.LazyFrame:
         """A lazy frame of model-ready columns. `require_label=False` is for serving requests: the label
-        and group columns are then optional, and left out when absent."""
+        and group columns are then optional, and left out when absent. The values are checked first
+        (`check_values`, one pass over the numeric and label columns) unless the caller already did."""
         if not self.fitted:
             raise FeatureError("transform before fit: call fit() or load() first")
         lf = frame.lazy()
         kinds = self._check_columns(lf, need_label=require_label, context="transform")
+        if check_values:
+            self.check_values(lf, "transform input", need_label=require_label)
         outputs: list[str] = []
         for f in self.schema.fields:
             if f.kind in ("label", "group", "target") and f.source not in kinds:
                 continue
             if f.kind == "label":
-                # Values outside {0, 1} become NaN, which `check_labels` and the data module refuse.
+                # check_values refuses a label outside {0, 1}; were it skipped, such a label becomes NaN.
                 y = pl.col(f.source).cast(pl.Float64, strict=False)
                 lf = lf.with_columns(
                     pl.when(y.is_in([0.0, 1.0])).then(y).otherwise(float("nan")).cast(pl.Float32).alias(f"__out_{f.name}")
@@ -265,12 +314,15 @@ class FeaturePipeline:
 
     def _numeric_expr(self, f: FieldSpec) -> pl.Expr:
         s = f.stats
-        x = pl.col(f.source).cast(pl.Float64, strict=False).fill_null(s["fill"]).fill_nan(s["fill"])
+        x = self._numeric(f)
         if f.buckets:
+            x = x.fill_null(s["fill"])
             bounds = s["boundaries"]
             # Bucket i holds (bounds[i-1], bounds[i]]; ids start after padding and out-of-vocabulary.
             position = pl.lit(pl.Series(bounds, dtype=pl.Float64)).search_sorted(x, side="left")
             return (position.cast(pl.Int64) + OOV_ID + 1).fill_null(OOV_ID)
+        # Clipped to the fitted range before the fill, so a fill outside the range stays as configured.
+        x = x.clip(s["min"], s["max"]).fill_null(s["fill"])
         return normalise(x, f, lambda v: v.sign() * v.abs().log1p()).cast(pl.Float32)
 
     def _sequence_expr(self, f: FieldSpec, kind: str) -> pl.Expr:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,9 +35,11 @@ def scan_table(
     has_header: bool = True,
     column_names: Sequence[str] | None = None,
     schema_overrides: dict[str, pl.DataType] | None = None,
+    as_text: bool = False,
 ) -> pl.LazyFrame:
     """A LazyFrame over one raw file. Nothing is read until the frame is collected, so a transform
-    over a large file can stream."""
+    over a large file can stream. `as_text=True` reads every CSV/TSV column as text, as written (for
+    checking values before any type is inferred from the first rows)."""
     path = Path(path)
     if not path.exists():
         raise FeatureError(f"input file not found: {path}")
@@ -48,8 +51,8 @@ def scan_table(
             separator=sep,
             has_header=has_header,
             new_columns=list(column_names) if column_names else None,
-            schema_overrides=schema_overrides,
-            infer_schema_length=10_000,
+            schema_overrides=None if as_text else schema_overrides,
+            infer_schema_length=0 if as_text else 10_000,
         )
     elif fmt == "parquet":
         lf = pl.scan_parquet(path)
@@ -95,3 +98,55 @@ def scan_libfm(path: str | Path, field_names: Sequence[str] | None = None) -> pl
     constant = lf.select([(pl.col(c) == 1.0).all().alias(c) for c in value_cols]).collect().row(0)
     keep = [c for c, is_one in zip(value_cols, constant) if not is_one]
     return lf.select(["label", *names, *keep])
+
+
+def first_line(fmt: str, has_header: bool = True) -> int | None:
+    """The file line of data row 1 (for messages), or None for a format without lines."""
+    if fmt in ("csv", "tsv"):
+        return 2 if has_header else 1
+    return 1 if fmt == "libfm" else None
+
+
+def explain_read_error(path: str | Path, err: Exception, fmt: str | None = None, *, separator: str | None = None,
+                       has_header: bool = True) -> str:
+    """What a reader's error means, with the line it happened on: the reader (Polars) says "invalid
+    utf-8 sequence" or "found more fields than defined" without a line or a column. Only called on the
+    error path: it reads the file again, line by line."""
+    path = Path(path)
+    fmt = fmt or infer_format(path)
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if path.stat().st_size == 0 or isinstance(err, pl.exceptions.NoDataError):
+        return f"the file is empty ({path.stat().st_size} bytes, no header, no rows); it needs a header and at least one row"
+    if fmt not in ("csv", "tsv"):
+        return message
+    sep = separator or ("\t" if fmt == "tsv" else ",")
+    with path.open("rb") as handle:
+        header = handle.readline()
+    names = header.decode("utf-8", "replace").rstrip("\r\n").split(sep) if has_header else []
+    if "utf-8" in message.lower() or "utf8" in message.lower():
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    line.decode("utf-8")
+                    continue
+                except UnicodeDecodeError:
+                    pass
+                for index, cell in enumerate(line.rstrip(b"\r\n").split(sep.encode())):
+                    try:
+                        cell.decode("utf-8")
+                    except UnicodeDecodeError as bad:
+                        column = repr(names[index]) if index < len(names) else f"number {index + 1}"
+                        return (f"{_row(number, has_header)}: column {column} is not valid UTF-8 "
+                                f"(bytes {cell[bad.start:bad.end + 3].hex(' ')} at byte {bad.start} of the cell)")
+    if "fields" in message.lower():
+        with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+            rows = csv.reader(handle, delimiter=sep)
+            width = len(next(rows, []))
+            for cells in rows:
+                if len(cells) > width:
+                    return f"{_row(rows.line_num, has_header)}: {len(cells)} fields where the first line has {width}"
+    return message
+
+
+def _row(line: int, has_header: bool) -> str:
+    return f"row {line - 1} (line {line})" if has_header else f"row {line} (line {line})"

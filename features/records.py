@@ -26,7 +26,17 @@ class SequenceTooLong(FeatureError):
 
 
 _SCALARS = (str, int, float, bool)
+
+
+def _shown(value: Any) -> str:
+    """A short repr of a client's value for an error message (a huge int is described, not printed)."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
 _UNSET = object()
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SCALAR_TYPES = frozenset(_SCALARS)
 
 
@@ -36,8 +46,10 @@ class RecordEncoder:
 
     Rules (the same as the Polars transform): categorical values are looked up as strings, so 7 and "7"
     are one token; unseen values and null are out-of-vocabulary (id 1). Numeric values are numbers or
-    numeric strings; null and NaN take the fitted fill. A sequence is a list of tokens or one string
-    delimited by the field's `sep`; empty and null tokens are dropped and the most recent `max_len` kept.
+    numeric strings; null and NaN take the fitted fill; an infinite value is refused; a dense field's
+    value outside the fitted [min, max] is clipped to it (features.pipeline, "Raw numeric values"). A
+    sequence is a list of tokens or one string delimited by the field's `sep`; empty and null tokens are
+    dropped and the most recent `max_len` kept.
     """
 
     def __init__(self, pipeline: FeaturePipeline):
@@ -87,24 +99,37 @@ class RecordEncoder:
                 raise FeatureError(f"instance {row}: categorical field {f.source!r} needs a string or a number, got {kind.__name__}")
         return out
 
-    def _number(self, f: FieldSpec, v: Any, row: int) -> float:
+    @staticmethod
+    def _number(f: FieldSpec, v: Any, row: int) -> float:
+        """The raw value as a float, NaN for missing (None, NaN)."""
         if v is None:
-            return f.stats["fill"]
+            return math.nan
         if isinstance(v, bool) or not isinstance(v, (int, float, str)):
             raise FeatureError(f"instance {row}: numeric field {f.source!r} needs a number, got {type(v).__name__}")
         try:
             x = float(v)
         except ValueError:
-            raise FeatureError(f"instance {row}: numeric field {f.source!r} needs a number, got {v!r}") from None
-        return f.stats["fill"] if math.isnan(x) else x
+            raise FeatureError(f"instance {row}: numeric field {f.source!r} needs a number, got {_shown(v)}") from None
+        except OverflowError:  # an integer beyond float's range
+            x = math.inf
+        if math.isinf(x):
+            raise FeatureError(f"instance {row}: numeric field {f.source!r} is {_shown(v)}; numbers must be finite "
+                               "(null or NaN means missing and takes the fitted fill)")
+        return x
+
+    def _numbers(self, f: FieldSpec, values: list[Any]) -> np.ndarray:
+        return np.array([self._number(f, v, row) for row, v in enumerate(values)], dtype=np.float64)
 
     def _bucketed(self, f: FieldSpec, values: list[Any]) -> list[int]:
-        x = np.array([self._number(f, v, row) for row, v in enumerate(values)], dtype=np.float64)
+        x = self._numbers(f, values)
+        x[np.isnan(x)] = f.stats["fill"]
         bounds = np.asarray(f.stats["boundaries"], dtype=np.float64)
         return (np.searchsorted(bounds, x, side="left") + OOV_ID + 1).tolist()
 
     def _dense(self, f: FieldSpec, values: list[Any]) -> np.ndarray:
-        x = np.array([self._number(f, v, row) for row, v in enumerate(values)], dtype=np.float64)
+        s = f.stats
+        x = np.clip(self._numbers(f, values), s["min"], s["max"])  # NaN (missing) stays NaN, then takes the fill
+        x[np.isnan(x)] = s["fill"]
         return normalise(x, f, lambda v: np.sign(v) * np.log1p(np.abs(v))).astype(np.float32)
 
     def _hashed(self, f: FieldSpec, values: list[Any]) -> list[int]:
@@ -115,9 +140,10 @@ class RecordEncoder:
             keys = []
             for v in values:
                 try:
-                    keys.append(None if v is None else int(v))
-                except (TypeError, ValueError):
-                    keys.append(None)  # as the Polars cast: a non-integer becomes null, then out-of-vocabulary
+                    key = None if v is None else int(v)
+                except (TypeError, ValueError, OverflowError):
+                    key = None  # as the Polars cast: a non-integer becomes null, then out-of-vocabulary
+                keys.append(key if key is None or _INT64_MIN <= key <= _INT64_MAX else None)  # so is one beyond int64
             frame = pl.DataFrame({f.source: keys}, schema={f.source: pl.Int64})
             kind = "int"
         else:

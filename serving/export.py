@@ -57,7 +57,6 @@ MIN_EXACT_TOPK_AGREEMENT = 0.99
 TRACE_ROWS = 3
 PARITY_ROWS = 10_000
 SCORE_ATOL = 1e-5
-AUC_ATOL = 1e-6
 
 
 class ExportError(Exception):
@@ -139,8 +138,13 @@ def _run_onnx(session, batch: Batch) -> np.ndarray:  # noqa: ANN001
 
 def parity(scorer: torch.nn.Module, session, rows: Batch, atol: float = SCORE_ATOL) -> dict[str, Any]:  # noqa: ANN001
     """ONNX Runtime against PyTorch on `rows`: all rows in one call, in chunks of an odd size, and
-    one row at a time for the first few. Raises ExportError past the tolerances (`atol` on every output
-    value; the AUC too where the rows have labels)."""
+    one row at a time for the first few. Raises ExportError when an output value differs by more than
+    `atol` (SCORE_ATOL for scores; VECTOR_ATOL for next-item user vectors).
+
+    The validation AUC of both is reported but decides nothing: with every score within SCORE_ATOL, the
+    AUCs can differ only by positive/negative pairs scored within 2 * SCORE_ATOL of each other, a tie or a
+    near-tie that float rounding breaks one way or the other (a tie broken the other way moves the AUC by
+    half a pair, 0.5 / (n_pos * n_neg)). A fixed AUC tolerance refused sound models for that alone."""
     with torch.inference_mode():
         expected = scorer(*rows.inputs()).numpy()
     n = len(rows)
@@ -163,12 +167,9 @@ def parity(scorer: torch.nn.Module, session, rows: Batch, atol: float = SCORE_AT
         worst = max(worst, diff)
     report["max_abs_diff"] = worst
     if rows.label is not None:
-        report["auc_atol"] = AUC_ATOL
         auc_torch = auc(torch.from_numpy(expected), rows.label)
         auc_onnx = auc(torch.from_numpy(runs[f"batch {n}"]), rows.label)
         report.update(auc_torch=auc_torch, auc_onnx=auc_onnx)
-        if np.isfinite(auc_torch) and abs(auc_torch - auc_onnx) > AUC_ATOL:
-            raise ExportError(f"AUC differs between ONNX Runtime ({auc_onnx:.8f}) and PyTorch ({auc_torch:.8f})")
     return report
 
 

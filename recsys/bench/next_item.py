@@ -85,8 +85,9 @@ def run_peer(python: str, work: Path, settings: dict[str, Any]) -> dict[str, Any
 
     (work / "settings.json").write_text(json.dumps(settings))
     (work / "test_ranks.npy").unlink(missing_ok=True)
-    proc = subprocess.run([python, str(PEER_SCRIPT), "--work", str(work), "--settings", str(work / "settings.json")],
-                          capture_output=True, text=True)
+    # In the work folder: RecBole writes its log/ and log_tensorboard/ folders into its working directory.
+    proc = subprocess.run([python, str(PEER_SCRIPT.resolve()), "--work", str(work.resolve()), "--settings",
+                           str((work / "settings.json").resolve())], capture_output=True, text=True, cwd=work)
     if proc.returncode != 0:
         raise RuntimeError(f"the RecBole run failed (interpreter {python}):\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])

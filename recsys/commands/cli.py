@@ -9,6 +9,10 @@
     recsys export run_dir=DIR out=DIR     ONNX export of a run, with a parity check against PyTorch
     recsys serve EXPORT_DIR [...]         the HTTP scoring endpoint (ONNX Runtime; --backend torch to compare)
     recsys bench serve --run NAME=DIR     load benchmark of the endpoint, ONNX against PyTorch eager
+
+A user error (a bad config, bad data, a run that cannot be exported, a training loss that stops being
+finite) prints one line, `recsys COMMAND: what went wrong`, and exits 1. `--debug` anywhere on the line,
+or HYDRA_FULL_ERROR=1, shows the whole traceback instead; so does any other error (a bug).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import sys
 
 USAGE = __doc__
 COMMANDS = ("train", "bench", "report", "export", "serve")
+_OURS = "RECSYS_SET_HYDRA_FULL_ERROR"  # marks a HYDRA_FULL_ERROR that main() set, not the user
 
 
-def _train_main() -> None:
+def _train_main(debug: bool) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
@@ -33,7 +38,12 @@ def _train_main() -> None:
 
         hydra_cfg = HydraConfig.get()
         sweep_dir = hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None
-        return train_or_resume(cfg, cfg.paths.output_dir, sweep_dir)
+        try:
+            return train_or_resume(cfg, cfg.paths.output_dir, sweep_dir)
+        except Exception as err:
+            if not debug and user_error_line(err) is not None:
+                raise _Refused(err) from err  # past Hydra's job runner, which would print a line of its own
+            raise
 
     run()
 
@@ -50,16 +60,11 @@ def _export_main(args: list[str]) -> None:
         sys.exit(2)
     import logging
 
-    from recsys.serving.export import PARITY_ROWS, ExportError, export_run
-    from recsys.serving.runs import RunError
+    from recsys.serving.export import PARITY_ROWS, export_run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        meta = export_run(options["run_dir"], options["out"], rows=int(options.get("rows", PARITY_ROWS)), cache_dir=options.get("cache_dir"),
-                          index=options.get("index", "exact"))
-    except (ExportError, RunError) as err:
-        print(f"recsys export: refused: {err}", file=sys.stderr)
-        sys.exit(1)
+    meta = export_run(options["run_dir"], options["out"], rows=int(options.get("rows", PARITY_ROWS)), cache_dir=options.get("cache_dir"),
+                      index=options.get("index", "exact"))
     p = meta["parity"]
     summary = (f"top-{p['retrieval']['k']} agreement with torch {p['retrieval']['topk_agreement_with_torch']:.4f} "
                f"({p['retrieval']['index']} index over {p['retrieval']['items']:,} items)" if "retrieval" in p else
@@ -84,6 +89,17 @@ def _serve_main(args: list[str]) -> None:
     parser.add_argument("--max-instances", type=int, default=defaults.max_instances)
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     parser.add_argument("--max-sequence-items", type=int, default=defaults.max_sequence_items)
+    parser.add_argument("--max-drain-bytes", type=int, default=defaults.max_drain_bytes,
+                        help="an over-limit body is read and dropped up to this size, so the client receives its 413")
+    parser.add_argument("--header-timeout", type=float, default=defaults.header_timeout,
+                        help="seconds for a request's headers to arrive (408 and closed after)")
+    parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout,
+                        help="seconds for a request's body to arrive after its headers (408 and closed after)")
+    parser.add_argument("--keep-alive-timeout", type=float, default=defaults.keep_alive_timeout,
+                        help="seconds an idle keep-alive connection stays open")
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                        help="connections served at once; a request beyond them gets 503")
+    parser.add_argument("--max-k", type=int, default=defaults.max_k, help="the most items one POST /v1/recommend may ask for")
     parser.add_argument("--threads", type=int, default=1,
                         help="cores one request may use: a large request is scored in that many row chunks side by side")
     a = parser.parse_args(args)
@@ -91,7 +107,53 @@ def _serve_main(args: list[str]) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(a.source, backend=a.backend, host=a.host, port=a.port, token=a.token or None, threads=a.threads,
-          limits=Limits(a.max_instances, a.max_body_bytes, a.max_sequence_items))
+          limits=Limits(max_instances=a.max_instances, max_body_bytes=a.max_body_bytes, max_sequence_items=a.max_sequence_items,
+                        max_drain_bytes=a.max_drain_bytes, header_timeout=a.header_timeout, body_timeout=a.body_timeout,
+                        keep_alive_timeout=a.keep_alive_timeout, max_connections=a.max_connections, max_k=a.max_k))
+
+
+class _Refused(BaseException):
+    """A user error on its way out of a Hydra job: not an Exception, so Hydra's job runner lets it pass
+    without printing its own "Error executing job" line; main() reports it."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def user_error_line(err: BaseException) -> str | None:
+    """The one line a user error is reported with, or None for an error that is not the user's (a bug:
+    its traceback is shown). User errors are the types whose message already says what is wrong and
+    what to do: the config's, the data's, export's and run loading's, a non-finite training loss, a
+    missing file, and Hydra's own config errors."""
+    from hydra.errors import CompactHydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from recsys.config import ConfigError
+    from recsys.features import FeatureError
+    from recsys.tasks.base import NonFiniteLoss
+
+    user_types: tuple[type[BaseException], ...] = (ConfigError, FeatureError, NonFiniteLoss, FileNotFoundError,
+                                                   CompactHydraException, OmegaConfBaseException)
+    try:
+        from recsys.serving.export import ExportError
+        from recsys.serving.runs import RunError
+
+        user_types += (ExportError, RunError)
+    except ImportError:  # the serving extra is not installed; then neither can be raised
+        pass
+    if not isinstance(err, user_types):
+        return None
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, name = err.missing_cfg_file.rsplit("/", 1)
+        known = ", ".join(sorted(err.options or [])) or "none"
+        return (f"no config {name!r} in the group {group!r} (known: {known}); for a config of your own, pass the "
+                f"folder that holds {group}/{name}.yaml: recsys train --config-dir DIR {group}={name}")
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    cause = err.__cause__
+    if isinstance(err, CompactHydraException) and cause is not None and str(cause).strip():
+        text += " (" + " ".join(line.strip() for line in str(cause).splitlines() if line.strip()) + ")"
+    return text or type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +161,36 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
+    # HYDRA_FULL_ERROR set by the user asks for tracebacks; set by main() in a process it started (a DDP
+    # worker inherits it), it does not.
+    by_user = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0") and os.environ.get(_OURS) != "1"
+    debug = "--debug" in argv or by_user
+    argv = [a for a in argv if a != "--debug"]
+    # Hydra prints an error it catches itself (a trimmed traceback, or its multi-line config message) and
+    # exits; with HYDRA_FULL_ERROR set it raises it instead, so that it reaches the one handler below.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    if not by_user:
+        os.environ[_OURS] = "1"
+    command = argv[0] if argv else ""
+    try:
+        _dispatch(argv, debug)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"recsys {command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except _Refused as refused:
+        print(f"recsys {command}: {user_error_line(refused.error)}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:
+        line = None if debug else user_error_line(err)
+        if line is None:
+            raise
+        print(f"recsys {command}: {line}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _dispatch(argv: list[str], debug: bool) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS and os.environ.get("LOCAL_RANK") and "=" in command:
         # A DDP worker: Lightning relaunches `python -m recsys.commands.cli` with the overrides alone
@@ -111,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         if out and not any(a.startswith(("hydra.run.dir=", "-m", "--multirun")) for a in rest):
             rest = [*rest, f"hydra.run.dir={out[-1]}"]
         sys.argv = [sys.argv[0], *rest]
-        _train_main()
+        _train_main(debug)
     elif command == "bench":
         from recsys.bench import main as bench_main
 

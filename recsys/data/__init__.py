@@ -8,7 +8,7 @@
 
 from recsys.data.batches import BatchIterator, frame_to_batch
 from recsys.data.modules import CTRDataModule, NextItemDataModule
-from recsys.data.prepare import SPLITS, PreparedData, check_labels, prepare_dataset
+from recsys.data.prepare import SPLITS, PreparedData, check_split, prepare_dataset
 
-__all__ = ["SPLITS", "BatchIterator", "CTRDataModule", "NextItemDataModule", "PreparedData", "check_labels", "frame_to_batch",
+__all__ = ["SPLITS", "BatchIterator", "CTRDataModule", "NextItemDataModule", "PreparedData", "check_split", "frame_to_batch",
            "prepare_dataset"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,18 @@ from typing import Any
 import polars as pl
 
 from recsys.features import FeatureError, FeaturePipeline, Schema, scan_table
-from recsys.features.atomic import atomic_directory, write_json_atomic
+from recsys.features.atomic import atomic_directory, remove_stale_partials, write_json_atomic
+from recsys.features.readers import explain_read_error, first_line, infer_format
 from recsys.features.recipes import RECIPES_VERSION, recipe_sources, write_recipe
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 # Bump when the feature code changes what a cached transform would contain.
 FEATURES_CACHE_VERSION = 1
+# The same, for the transform of numeric fields alone. It enters the key only of configs with a numeric
+# field, so the caches (and runs, which record the key) of datasets without one keep their fingerprints.
+# v2: NaN left out of the fitted statistics as missing; dense values clipped to the fitted range.
+NUMERIC_TRANSFORM_VERSION = 2
 
 
 @dataclass
@@ -89,6 +95,7 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
     data_cfg = dict(data_cfg)
     synthetic = bool(data_cfg.get("synthetic"))
     cache_dir = Path(cache_dir)
+    remove_stale_partials(cache_dir)  # left by a run killed mid-write (atomic_directory cannot clean up after SIGKILL)
     if synthetic:
         from recsys.data.synthetic import GENERATOR_VERSION, write_synthetic_ctr, write_synthetic_sequences
 
@@ -112,21 +119,63 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
         "reader": reader,
         "files": {s: _file_identity(p, cache_dir) for s, p in files.items()},
     }
+    if any(f.get("kind") == "numeric" for f in fields):
+        key["numeric_transform"] = NUMERIC_TRANSFORM_VERSION
     target = cache_dir / f"{data_cfg['name']}-{_digest(key)}"
     prepared = PreparedData(str(data_cfg["name"]), target, synthetic)
     if (target / "DONE").exists():
         return prepared
+    pipeline = FeaturePipeline(fields)
+    for split, path in files.items():  # every split, before any work: one rule for all of them
+        check_split(pipeline, split, path, reader)
     with atomic_directory(target) as tmp:
         log.info("fitting features for %s on %s", data_cfg["name"], files["train"])
-        pipeline = FeaturePipeline(fields).fit(scan_table(files["train"], **reader))
+        with _naming("train", files["train"], reader):
+            pipeline.fit(scan_table(files["train"], **reader), check_values=False)
         pipeline.save(tmp / "features")
         for split, path in files.items():
             # Streams raw file -> transform -> Parquet without holding the raw split in memory.
-            pipeline.transform(scan_table(path, **reader)).sink_parquet(tmp / f"{split}.parquet")
-            check_labels(pl.scan_parquet(tmp / f"{split}.parquet"), pipeline.schema, split)
+            with _naming(split, path, reader):
+                pipeline.transform(scan_table(path, **reader), check_values=False).sink_parquet(tmp / f"{split}.parquet")
         (tmp / "fingerprint.json").write_text(json.dumps(key, indent=2))
         (tmp / "DONE").touch()
     return prepared
+
+
+def check_split(pipeline: FeaturePipeline, split: str, path: Path, reader: Mapping[str, Any]) -> int:
+    """Refuse a raw split that training would trip over later, or would learn nonsense from, naming the
+    split, the file and (where there is one) the row: an empty file, bytes that are not UTF-8, a row with
+    more fields than the header, no rows, a missing column, a numeric value that is not a number or not
+    finite, a label other than 0 and 1. The same rule for train, valid and test. Returns the row count."""
+    where = f"{split} split ({path})"
+    fmt = reader.get("fmt") or infer_format(path)
+    if path.stat().st_size == 0:
+        raise FeatureError(f"{where}: the file is empty (0 bytes); it needs a header and at least one row")
+    has_header = reader.get("has_header", True)
+    try:
+        frame = scan_table(path, **reader, as_text=True)
+        return pipeline.check_values(frame, where, first_line=first_line(fmt, has_header))
+    except FeatureError as err:
+        if not isinstance(err.__cause__, pl.exceptions.PolarsError):
+            raise
+        cause = err.__cause__
+    except pl.exceptions.PolarsError as err:
+        cause = err
+    raise _read_error(where, path, cause, fmt, reader) from None
+
+
+def _read_error(where: str, path: Path, err: Exception, fmt: str, reader: Mapping[str, Any]) -> FeatureError:
+    detail = explain_read_error(path, err, fmt, separator=reader.get("separator"), has_header=reader.get("has_header", True))
+    return FeatureError(f"{where}{', ' if detail.startswith('row ') else ': '}{detail}")
+
+
+@contextmanager
+def _naming(split: str, path: Path, reader: Mapping[str, Any]) -> Iterator[None]:
+    """A reader's error while fitting or transforming, as a FeatureError naming the split and the file."""
+    try:
+        yield
+    except pl.exceptions.PolarsError as err:
+        raise _read_error(f"{split} split ({path})", path, err, reader.get("fmt") or infer_format(path), reader) from err
 
 
 def materialise_recipe(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Path:
@@ -152,13 +201,3 @@ def materialise_recipe(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Pa
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def check_labels(frame: pl.LazyFrame, schema: Schema, split: str) -> None:
-    """The transform turns a label outside {0, 1} into NaN; refuse such a split, naming the column."""
-    label = schema.label
-    if label is None or label.name not in frame.collect_schema().names():
-        return
-    bad = frame.select(pl.col(label.name).is_nan().sum()).collect().item()
-    if bad:
-        raise FeatureError(f"split {split!r}: {bad} rows have a label other than 0 or 1 in column {label.source!r}")

@@ -12,12 +12,12 @@ synthetic in their folder name.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from recsys.features.atomic import atomic_file, write_json_atomic
 
 FIELDS = ("user", "item", "context", "device", "category")
 CARDINALITY = {"user": 800, "item": 1500, "context": 24, "device": 6, "category": 40}
@@ -61,11 +61,9 @@ def write_synthetic_ctr(directory: str | Path, n_train: int = 60_000, n_valid: i
     directory.mkdir(parents=True, exist_ok=True)
     bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, n)}
     for split, (lo, hi) in bounds.items():
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".csv")
-        os.close(fd)
-        frame.slice(lo, hi - lo).write_csv(tmp)
-        os.replace(tmp, directory / f"{split}.csv")
-    marker.write_text(json.dumps(settings))
+        with atomic_file(directory / f"{split}.csv") as tmp:
+            frame.slice(lo, hi - lo).write_csv(tmp)
+    write_json_atomic(marker, settings)
     return directory
 
 
@@ -115,9 +113,7 @@ def write_synthetic_sequences(directory: str | Path, n_users: int = 3000, n_item
     )
     directory.mkdir(parents=True, exist_ok=True)
     for split, frame in leave_one_out(users, "synthetic sequences").items():
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".parquet")
-        os.close(fd)
-        frame.write_parquet(tmp)
-        os.replace(tmp, directory / f"{split}.parquet")
-    marker.write_text(json.dumps(settings))
+        with atomic_file(directory / f"{split}.parquet") as tmp:
+            frame.write_parquet(tmp)
+    write_json_atomic(marker, settings)
     return directory

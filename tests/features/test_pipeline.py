@@ -152,13 +152,14 @@ def test_artifacts_round_trip_as_json_and_parquet(tmp_path) -> None:
         (pl.DataFrame({"label": [1], "price": ["cheap"]}), [{"name": "price", "kind": "numeric"}], "price"),
         (pl.DataFrame({"label": [1], "hist": [3]}), [{"name": "hist", "kind": "sequence", "max_len": 2}], "sequence field 'hist'"),
         (pl.DataFrame({"label": [], "user": []}, schema={"label": pl.Int64, "user": pl.String}), [{"name": "user", "kind": "categorical"}], "empty"),
-        (pl.DataFrame({"label": [0, 1, 2], "user": ["a", "b", "c"]}), [{"name": "user", "kind": "categorical"}], "only 0 and 1"),
-        (pl.DataFrame({"label": [0, -1], "user": ["a", "b"]}), [{"name": "user", "kind": "categorical"}], "['-1']"),
+        (pl.DataFrame({"label": [0, 1, 2], "user": ["a", "b", "c"]}), [{"name": "user", "kind": "categorical"}],
+         "row 3: label column 'label' holds '2'; labels must be 0 or 1"),
+        (pl.DataFrame({"label": [0, -1], "user": ["a", "b"]}), [{"name": "user", "kind": "categorical"}], "row 2: label column 'label' holds '-1'"),
     ],
     ids=["missing-column", "wrong-type", "sequence-not-a-list", "empty-input", "non-binary-label", "negative-label"],
 )
 def test_bad_inputs_are_named(frame, fields, message) -> None:
-    with pytest.raises(FeatureError, match=rf"{message}" if message.startswith("[") is False else None) as err:
+    with pytest.raises(FeatureError) as err:
         FeaturePipeline([{"name": "label", "kind": "label"}, *fields]).fit(frame)
     assert message in str(err.value)
 
@@ -203,7 +204,7 @@ def test_prepare_dataset_refuses_a_split_with_a_bad_label_and_leaves_no_cache(tm
     pl.DataFrame({"label": [0, 3], "user": ["a", "b"]}).write_csv(raw / "test.csv")
     cfg = {"name": "tiny", "root": str(raw), "files": {"train": "train.csv", "valid": "valid.csv", "test": "test.csv"},
            "fields": [{"name": "label", "kind": "label"}, {"name": "user", "kind": "categorical"}]}
-    with pytest.raises(FeatureError, match="split 'test': 1 rows have a label other than 0 or 1"):
+    with pytest.raises(FeatureError, match=r"test split \(.*test.csv\), row 2 \(line 3\): label column 'label' holds '3'"):
         prepare_dataset(cfg, tmp_path / "cache")
     # nothing half-written left behind (only the memo of the raw files' digests)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["file-digests"]

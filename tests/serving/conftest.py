@@ -34,10 +34,13 @@ def exported(tiny_runs, tmp_path_factory: pytest.TempPathFactory):
 
 @contextmanager
 def running_server(app) -> Iterator[str]:  # noqa: ANN001 - a Starlette app
-    """Serve `app` with uvicorn on an ephemeral loopback port in a thread; yields 'host:port'."""
+    """Serve `app` (of create_app) as `recsys serve` does, on an ephemeral loopback port in a thread;
+    yields 'host:port'."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+    from recsys.serving.connection import server_config
+
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -153,7 +153,7 @@ def test_every_bad_input_gets_a_4xx_that_names_the_problem(server, tiny_runs) ->
         assert body["error"]["message"], what
     assert "field 'item' is missing" in call(server, "POST", "/v1/score", {"instances": [{k: v for k, v in raw.items() if k != "item"}]})[1]["error"]["message"]
     assert call(server, "GET", "/v1/score")[0] == 405
-    assert call(server, "GET", "/nope")[1]["error"]["code"] == "http_error"
+    assert call(server, "GET", "/nope")[1]["error"]["code"] == "not_found"
 
     # Long sequences under the limit are truncated to the most recent max_len items, as in training.
     history = [str(i) for i in range(1, 60)]
@@ -290,3 +290,48 @@ def test_serve_command_with_token_and_sighup(exported, tiny_runs) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_recommend_serves_a_next_item_export_and_refuses_bad_requests(exported, tiny_runs) -> None:
+    """POST /v1/recommend on a next-item export: the top k raw items with scores, the history left out,
+    unseen history items out-of-vocabulary (not errors); bad requests are 4xx that say what is wrong; the
+    wrong route for the model's kind is refused on both models."""
+    from recsys.serving.backends import load_export
+
+    histories, targets = tiny_runs.raw_histories(50)
+    served = load_export(exported("sasrec"))
+    with running_server(create_app(ModelHolder(lambda: load_export(exported("sasrec"))), LIMITS)) as address:
+        status, body = call(address, "POST", "/v1/recommend", {"instances": histories[:3], "k": 7})
+        assert status == 200, body
+        assert body["recommendations"] == served.recommend_records(histories[:3], 7)  # what the offline model gives
+        for history, recs in zip(histories[:3], body["recommendations"]):
+            assert len(recs) == 7 and not {r["item"] for r in recs} & set(history["history"])
+            assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
+        unseen = {"history": [*histories[0]["history"], "never-seen-item"]}
+        status, body = call(address, "POST", "/v1/recommend", {"instances": [unseen], "k": 5})
+        assert status == 200 and len(body["recommendations"][0]) == 5
+        as_string = {"history": "^".join(histories[1]["history"])}  # the field's delimited-string form
+        assert call(address, "POST", "/v1/recommend", {"instances": [as_string]})[1]["recommendations"] == \
+            served.recommend_records(histories[1:2], 10)  # k defaults to 10
+        bad = [
+            ({"instances": [{"other": [1]}], "k": 5}, 422, "bad_instance", "'history' is missing"),
+            ({"instances": histories[:1], "k": 0}, 422, "bad_k", "from 1 to"),
+            ({"instances": histories[:1], "k": LIMITS.max_k + 1}, 422, "bad_k", "from 1 to"),
+            ({"instances": histories[:1], "k": "ten"}, 422, "bad_k", "'ten'"),
+            ({"instances": histories[:1], "k": True}, 422, "bad_k", "True"),
+            ({"instances": [{"history": 12}], "k": 5}, 422, "bad_instance", "needs a list"),
+            ({"instances": [{"history": [{"a": 1}]}], "k": 5}, 422, "bad_instance", "items must be strings or numbers"),
+            ({"instances": [{"history": ["1"] * (LIMITS.max_sequence_items + 1)}]}, 422, "sequence_too_long", "items"),
+            ({"k": 5}, 422, "missing_instances", "instances"),
+        ]
+        for request, status, code, words in bad:
+            got_status, got = call(address, "POST", "/v1/recommend", request)
+            assert (got_status, got["error"]["code"]) == (status, code), (request, got)
+            assert words in got["error"]["message"], (request, got)
+        assert call(address, "POST", "/v1/score", {"instances": histories[:1]})[1]["error"]["code"] == "wrong_model_kind"
+        model = call(address, "GET", "/v1/model")[1]
+        assert model["kind"] == "next_item" and model["route"] == "/v1/recommend" and model["retrieval"]["index"] == "exact"
+        assert call(address, "GET", "/healthz")[0] == 200 and 'status="500"' not in call(address, "GET", "/metrics")[1]
+    with running_server(create_app(ModelHolder(lambda: load_export(exported(MODEL))), LIMITS)) as address:
+        status, body = call(address, "POST", "/v1/recommend", {"instances": [{"history": ["1"]}], "k": 5})
+        assert status == 404 and body["error"]["code"] == "wrong_model_kind" and "/v1/score" in body["error"]["message"]

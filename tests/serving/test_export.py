@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recsys.models import REGISTRY
-from recsys.serving.export import AUC_ATOL, PARITY_ROWS, SCORE_ATOL, VECTOR_ATOL, ExportError, export_run
+from recsys.serving.export import PARITY_ROWS, SCORE_ATOL, VECTOR_ATOL, ExportError, export_run
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -35,7 +35,7 @@ def test_every_registered_model_exports_with_parity(name: str, exported) -> None
         assert meta["metrics"]["val"]["auc"] > 0
         assert parity["rows"] == PARITY_ROWS
         assert parity["max_abs_diff"] <= SCORE_ATOL
-        assert abs(parity["auc_onnx"] - parity["auc_torch"]) <= AUC_ATOL
+        assert 0.5 < parity["auc_onnx"] < 1 and 0.5 < parity["auc_torch"] < 1  # reported; the scores decide (export.parity)
 
     graph = onnx.load(str(out / "model.onnx")).graph
     shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
@@ -111,3 +111,48 @@ def test_the_retrieval_index_returns_torch_topk_and_leaves_out_the_history(expor
     torch_served = load_torch_run(tiny_runs("sasrec"))
     assert [[r["item"] for r in recs] for recs in torch_served.recommend_records(histories[:20], 10)] == \
            [[r["item"] for r in recs] for recs in recommended[:20]]
+
+
+class _FixedScores(torch.nn.Module):
+    """Scores looked up by row id (the one sparse column): a model whose outputs the test chooses."""
+
+    def __init__(self, scores: np.ndarray):
+        super().__init__()
+        self.scores = scores
+
+    def forward(self, sparse, dense, seq):  # noqa: ANN001, ANN201
+        return torch.from_numpy(self.scores[sparse[:, 0].numpy()])
+
+
+class _Session:
+    """ONNX Runtime's stand-in: the same scores, with some moved by `shift` (a float rounding elsewhere)."""
+
+    def __init__(self, scores: np.ndarray, moved: list[int], shift: float):
+        self.scores, self.moved, self.shift = scores, moved, np.float32(shift)
+
+    def run(self, names, feeds):  # noqa: ANN001, ANN201
+        ids = feeds["sparse"][:, 0]
+        out = self.scores[ids].copy()
+        out[np.isin(ids, self.moved)] += self.shift
+        return [out]
+
+
+def test_parity_tolerates_a_tie_broken_the_other_way_and_still_refuses_a_score_off() -> None:
+    """Issue #11, item 14: FM on a 1,026-row validation set was refused because ONNX Runtime broke one tied
+    pair the other way (AUC off by half a pair, 4.4e-6 > 1e-6). The scores decide, to SCORE_ATOL."""
+    from recsys.batch import Batch
+    from recsys.serving.export import parity
+
+    n = 40
+    scores = np.round(np.linspace(0.2, 0.8, n), 3).astype(np.float32)
+    scores[10:14] = np.float32(0.5)  # four tied rows, two of each label
+    labels = torch.tensor([i % 2 for i in range(n)], dtype=torch.float32)
+    rows = Batch(torch.arange(n).reshape(n, 1), torch.zeros(n, 0), torch.zeros(n, 0, 0, dtype=torch.long), labels)
+
+    report = parity(_FixedScores(scores), _Session(scores, [11], 1e-7), rows)  # row 11 (a positive) now above the tie
+    pairs = 20 * 20
+    assert report["auc_onnx"] - report["auc_torch"] == pytest.approx(1 / pairs, abs=1e-9)  # two tied pairs, half each
+    assert report["max_abs_diff"] == pytest.approx(1e-7, rel=0.2)
+
+    with pytest.raises(ExportError, match=r"scores differ between ONNX Runtime and PyTorch by 0.0001"):
+        parity(_FixedScores(scores), _Session(scores, [3], 1e-4), rows)

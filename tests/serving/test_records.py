@@ -109,3 +109,18 @@ def test_a_shared_history_is_encoded_once_and_equals_copies(pipeline: FeaturePip
     for a, b in zip(encoder.encode(shared), encoder.encode(copies)):
         np.testing.assert_array_equal(a, b)
     assert encoder.encode(shared)[2][3, 0, -2] == 0  # row 3 kept its own one-item history
+
+
+def test_values_beyond_float_or_int64_range_never_raise_past_the_encoder(pipeline: FeaturePipeline) -> None:
+    """Issue #11: an infinite number is refused by name (a 422 at the endpoint); on a hashed integer field it
+    is out-of-vocabulary, as the Polars cast makes any non-integer. Both used to escape as OverflowError
+    (a 500): int(inf) in the hashed path, float(10**400) in the numeric one."""
+    encoder = RecordEncoder(pipeline)
+    base = RECORDS[0]
+    shop = [f.name for f in encoder.sparse_fields].index("shop")
+    for value in (float("inf"), float("-inf"), 2**70, -(2**64), "1e400", float("nan")):
+        sparse, _, _ = encoder.encode([base, {**base, "shop": value}])
+        assert sparse[1, shop] == 1, value  # out-of-vocabulary
+    for value in (10**400, float("inf"), "-inf"):
+        with pytest.raises(FeatureError, match=r"instance 1: numeric field 'price' is .*; numbers must be finite"):
+            encoder.encode([base, {**base, "price": value}])
