@@ -25,7 +25,7 @@ from torch import nn
 from recsys.batch import Batch
 from recsys.features.schema import Schema
 from recsys.models.sasrec import init_attention_layers
-from recsys.sequence import ItemSequenceEmbedding, SelfAttentionBlock, recent_mean
+from recsys.sequence import ItemSequenceEmbedding, SelfAttentionBlock, causal_attention_bias, recent_mean
 
 
 class MQSATED(nn.Module):
@@ -37,8 +37,8 @@ class MQSATED(nn.Module):
         if long_window < 1:
             raise ValueError(f"long_window must be at least 1, got {long_window}")
         self.items = ItemSequenceEmbedding(schema, embedding_dim, max_len, dropout)
-        self.short_blocks = nn.ModuleList(SelfAttentionBlock(embedding_dim, num_heads, dropout, max_len) for _ in range(num_blocks))
-        self.long_blocks = nn.ModuleList(SelfAttentionBlock(embedding_dim, num_heads, dropout, max_len) for _ in range(num_blocks))
+        self.short_blocks = nn.ModuleList(SelfAttentionBlock(embedding_dim, num_heads, dropout) for _ in range(num_blocks))
+        self.long_blocks = nn.ModuleList(SelfAttentionBlock(embedding_dim, num_heads, dropout) for _ in range(num_blocks))
         self.short_norm = nn.LayerNorm(embedding_dim, eps=1e-8)
         self.long_norm = nn.LayerNorm(embedding_dim, eps=1e-8)
         self.long_window, self.alpha = long_window, alpha
@@ -47,10 +47,11 @@ class MQSATED(nn.Module):
     def towers(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The short and long towers' vectors, [B, L, D] each."""
         x, mask = self.items(batch)
+        bias = causal_attention_bias(mask)
         short, long = x, x
         for short_block, long_block in zip(self.short_blocks, self.long_blocks):  # a loop over layers
-            short = short_block(short, short, mask)
-            long = long_block(recent_mean(long, mask, self.long_window), long, mask)
+            short = short_block(short, short, mask, bias)
+            long = long_block(recent_mean(long, mask, self.long_window), long, mask, bias)
         return self.short_norm(short), self.long_norm(long)
 
     def sequence_vectors(self, batch: Batch) -> torch.Tensor:
@@ -63,5 +64,5 @@ class MQSATED(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         return self.items.item_vectors()
 
-    def item_similarity(self, items: torch.Tensor) -> torch.Tensor:
-        return self.items.similarity(items)
+    def item_similarity(self, items: torch.Tensor, temperature: float = 1.0, first: int = 0) -> torch.Tensor:
+        return self.items.similarity(items, temperature, first)

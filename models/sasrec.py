@@ -10,7 +10,8 @@ The next-item contract (what `recsys.tasks.next_item.NextItemTask` and the expor
     sequence_vectors(batch) -> [B, L, D]   the query vector at every position of the history window
     forward(batch)          -> [B, D]      the vector at the newest position: the user vector
     item_vectors()          -> [items, D]  the item matrix scored against (row = item id)
-    item_similarity(items)  -> [H, items]  item-item dot products (the distillation student)
+    item_similarity(items, temperature, first) -> [H, items - first]
+                                           item-item dot products / temperature (the distillation student)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from recsys.batch import Batch
 from recsys.features.schema import Schema
-from recsys.sequence import ItemSequenceEmbedding, SelfAttentionBlock
+from recsys.sequence import ItemSequenceEmbedding, SelfAttentionBlock, causal_attention_bias
 
 
 def init_attention_layers(module: nn.Module) -> None:
@@ -37,14 +38,15 @@ class SASRec(nn.Module):
                  dropout: float = 0.5):
         super().__init__()
         self.items = ItemSequenceEmbedding(schema, embedding_dim, max_len, dropout)
-        self.blocks = nn.ModuleList(SelfAttentionBlock(embedding_dim, num_heads, dropout, max_len) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(SelfAttentionBlock(embedding_dim, num_heads, dropout) for _ in range(num_blocks))
         self.final_norm = nn.LayerNorm(embedding_dim, eps=1e-8)
         init_attention_layers(self)
 
     def sequence_vectors(self, batch: Batch) -> torch.Tensor:
         x, mask = self.items(batch)
+        bias = causal_attention_bias(mask)
         for block in self.blocks:  # a loop over layers, not features or rows
-            x = block(x, x, mask)
+            x = block(x, x, mask, bias)
         return self.final_norm(x)
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -53,5 +55,5 @@ class SASRec(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         return self.items.item_vectors()
 
-    def item_similarity(self, items: torch.Tensor) -> torch.Tensor:
-        return self.items.similarity(items)
+    def item_similarity(self, items: torch.Tensor, temperature: float = 1.0, first: int = 0) -> torch.Tensor:
+        return self.items.similarity(items, temperature, first)

@@ -230,10 +230,11 @@ class ItemSequenceEmbedding(nn.Module):
         """[items, D], row i = item id i (0 padding, 1 out-of-vocabulary)."""
         return self.embedding.table(self.history.vocab_key)
 
-    def similarity(self, items: torch.Tensor) -> torch.Tensor:
-        """[H, items] dot products of the given items' (scaled, dropped-out) embeddings with every item's."""
+    def similarity(self, items: torch.Tensor, temperature: float = 1.0, first: int = 0) -> torch.Tensor:
+        """[H, items - first] dot products of the given items' (scaled, dropped-out) embeddings with the
+        embeddings of items `first`.., divided by `temperature` (on the [H, D] side, not the wide output)."""
         table = self.item_vectors()
-        return self.dropout(table[items] * self.scale) @ table.t()
+        return self.dropout(table[items] * (self.scale / temperature)) @ table[first:].t()
 
 
 def recent_mean(x: torch.Tensor, mask: torch.Tensor, window: int) -> torch.Tensor:
@@ -248,13 +249,22 @@ def recent_mean(x: torch.Tensor, mask: torch.Tensor, window: int) -> torch.Tenso
     return trailing_sum(x * mask.unsqueeze(-1)) / counts.clamp(min=1.0)
 
 
+def causal_attention_bias(mask: torch.Tensor) -> torch.Tensor:
+    """[B, 1, L, L] additive attention bias: 0 where position t may attend to position s (s <= t and s is
+    an item), a large negative elsewhere. Not -inf: a padding query sees only padding keys, and its row
+    must stay finite (the block zeroes it). Built once per batch and shared by every block."""
+    length = mask.shape[1]
+    allowed = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril() & (mask != 0)[:, None, None, :]
+    return torch.zeros(allowed.shape, dtype=mask.dtype, device=mask.device).masked_fill(~allowed, -1e9)
+
+
 class SelfAttentionBlock(nn.Module):
     """One causal self-attention block as the original SASRec code writes it (and MQSA-TED's towers): the
     query stream is layer-normed and queries come from it, keys and values come from the raw stream, the
     residual adds the normed query, then LayerNorm, a position-wise ReLU feed-forward of width d with
     dropout and its residual, and padding zeroed. No output projection. Attention weights get dropout."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float, max_len: int):
+    def __init__(self, dim: int, num_heads: int, dropout: float):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embedding dim {dim} is not divisible by num_heads {num_heads}")
@@ -263,19 +273,15 @@ class SelfAttentionBlock(nn.Module):
         self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.ffn_norm = nn.LayerNorm(dim, eps=1e-8)
         self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.Dropout(dropout))
-        self.register_buffer("causal", torch.ones(max_len, max_len).tril().bool(), persistent=False)
 
-    def forward(self, query_stream: torch.Tensor, kv_stream: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, query_stream: torch.Tensor, kv_stream: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """query_stream, kv_stream [B, L, D]; mask [B, L]; bias [B, 1, L, L] (`causal_attention_bias`)."""
         b, length, dim = kv_stream.shape
         normed = self.query_norm(query_stream)
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
 
-        # A large negative, not -inf: a padding query sees only padding keys, and its row must stay finite
-        # (it is zeroed below).
-        allowed = self.causal[:length, :length] & (mask != 0)[:, None, None, :]
-        bias = torch.zeros(allowed.shape, dtype=kv_stream.dtype, device=kv_stream.device).masked_fill(~allowed, -1e9)
         out = F.scaled_dot_product_attention(heads(self.query(normed)), heads(self.key(kv_stream)), heads(self.value(kv_stream)),
                                              attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
         out = self.ffn_norm(out.transpose(1, 2).reshape(b, length, dim) + normed)

@@ -2,8 +2,8 @@
 
 Models keep the next-item contract (models/sasrec.py): `sequence_vectors(batch) -> [B, L, D]`,
 `forward(batch) -> [B, D]` (the user vector), `item_vectors() -> [items, D]` and, for distillation,
-`item_similarity(items) -> [H, items]`. Scores are dot products with the item matrix; ids 0 (padding)
-and 1 (out-of-vocabulary) are never candidates.
+`item_similarity(items, temperature, first) -> [H, items - first]`. Scores are dot products with the item
+matrix; ids 0 (padding) and 1 (out-of-vocabulary) are never candidates.
 
 Training: full-softmax cross-entropy at every position of each training window that has a next item,
 averaged over those positions (MQSA-TED's and SASRec-CE's loss). With `distill_weight` > 0, MQSA-TED's
@@ -33,14 +33,14 @@ from recsys.metrics import FIRST_ITEM_ID, ranking_metrics, target_ranks
 from recsys.tasks.base import Task
 
 
-def transition_distillation(similarity: torch.Tensor, heads: torch.Tensor, transitions: CSRMatrix, temperature: float,
+def transition_distillation(student: torch.Tensor, heads: torch.Tensor, transitions: CSRMatrix, temperature: float,
                             weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over `heads` of -sum_j q_j log p_j, with p = softmax(similarity / temperature) over items >= 2
-    and q = softmax((c / max c) / temperature) over the same items, c = the head's row of the sparse CSR
-    `transitions` [items, items] (zeros included, each as exp(0)). similarity [H, items] belongs to
-    `heads` [H]; `weights` [H] weighs each head (its number of occurrences), default 1."""
-    n_items = similarity.shape[1]
-    log_p = F.log_softmax((similarity / temperature)[:, FIRST_ITEM_ID:], dim=1)  # [H, N - 2]
+    """Mean over `heads` of -sum_j q_j log p_j over the items j >= 2, with p = softmax(student) and
+    q = softmax((c / max c) / temperature), c = the head's row of the sparse `transitions` [items, items]
+    (zeros included, each as exp(0)). student [H, items - 2] holds each head's similarities to items 2..
+    already divided by the temperature; `weights` [H] weighs each head (its occurrences), default 1."""
+    n_items = student.shape[1] + FIRST_ITEM_ID
+    log_p = F.log_softmax(student, dim=1)  # [H, N - 2]
     crow, col, counts = transitions.crow, transitions.col, transitions.values
     starts, lengths = crow[heads], crow[heads + 1] - crow[heads]
     rows = torch.repeat_interleave(torch.arange(len(heads), device=heads.device), lengths)
@@ -95,17 +95,18 @@ class NextItemTask(Task):
     def recommendation_loss(self, batch: Batch) -> torch.Tensor:
         vectors = self.model.sequence_vectors(batch)  # [B, L, D]
         predicted = batch.target != 0
-        logits = vectors[predicted] @ self.model.item_vectors().t()  # only positions that have a next item
-        logits[:, :FIRST_ITEM_ID] = float("-inf")
-        return F.cross_entropy(logits, batch.target[predicted])
+        # Only positions that have a next item, against the items that can be one (ids >= 2).
+        logits = vectors[predicted] @ self.model.item_vectors()[FIRST_ITEM_ID:].t()
+        return F.cross_entropy(logits, batch.target[predicted] - FIRST_ITEM_ID)
 
     def distillation_loss(self, batch: Batch) -> torch.Tensor:
         inputs = batch.seq[:, 0]
         heads, occurrences = torch.unique(inputs[inputs >= FIRST_ITEM_ID], return_counts=True)
         if self.transitions.crow.device != heads.device:  # once, on the first batch on a device
             self.transitions = self.transitions.to(heads.device)
-        return transition_distillation(self.model.item_similarity(heads), heads, self.transitions,
-                                       self.hparams.distill_temperature, occurrences.to(torch.float32))
+        tau = self.hparams.distill_temperature
+        student = self.model.item_similarity(heads, temperature=tau, first=FIRST_ITEM_ID)
+        return transition_distillation(student, heads, self.transitions, tau, occurrences.to(torch.float32))
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.checked(self.recommendation_loss(batch), batch_idx)
