@@ -25,10 +25,10 @@ from torch import nn
 from recsys.batch import Batch
 from recsys.features.schema import Schema
 from recsys.models.sasrec import init_attention_layers
-from recsys.sequence import ItemSequenceEmbedding, SelfAttentionBlock, causal_attention_bias, recent_mean
+from recsys.sequence import ItemSequenceEmbedding, NextItemModel, SelfAttentionBlock, causal_attention_bias, recent_mean
 
 
-class MQSATED(nn.Module):
+class MQSATED(NextItemModel):
     def __init__(self, schema: Schema, embedding_dim: int = 64, max_len: int = 50, num_blocks: int = 1, num_heads: int = 1,
                  dropout: float = 0.5, long_window: int = 3, alpha: float = 0.5):
         super().__init__()
@@ -57,12 +57,3 @@ class MQSATED(nn.Module):
     def sequence_vectors(self, batch: Batch) -> torch.Tensor:
         short, long = self.towers(batch)
         return self.alpha * short + (1.0 - self.alpha) * long
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return self.sequence_vectors(batch)[:, -1]
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.items.item_vectors()
-
-    def item_similarity(self, items: torch.Tensor, temperature: float = 1.0, first: int = 0) -> torch.Tensor:
-        return self.items.similarity(items, temperature, first)

@@ -21,7 +21,7 @@ from torch import nn
 
 from recsys.batch import Batch
 from recsys.features.schema import Schema
-from recsys.sequence import ItemSequenceEmbedding, SelfAttentionBlock, causal_attention_bias
+from recsys.sequence import ItemSequenceEmbedding, NextItemModel, SelfAttentionBlock, causal_attention_bias
 
 
 def init_attention_layers(module: nn.Module) -> None:
@@ -33,7 +33,7 @@ def init_attention_layers(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class SASRec(nn.Module):
+class SASRec(NextItemModel):
     def __init__(self, schema: Schema, embedding_dim: int = 64, max_len: int = 50, num_blocks: int = 1, num_heads: int = 1,
                  dropout: float = 0.5):
         super().__init__()
@@ -48,12 +48,3 @@ class SASRec(nn.Module):
         for block in self.blocks:  # a loop over layers, not features or rows
             x = block(x, x, mask, bias)
         return self.final_norm(x)
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return self.sequence_vectors(batch)[:, -1]
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.items.item_vectors()
-
-    def item_similarity(self, items: torch.Tensor, temperature: float = 1.0, first: int = 0) -> torch.Tensor:
-        return self.items.similarity(items, temperature, first)

@@ -237,6 +237,26 @@ class ItemSequenceEmbedding(nn.Module):
         return self.dropout(table[items] * (self.scale / temperature)) @ table[first:].t()
 
 
+class NextItemModel(nn.Module):
+    """What SASRec and MQSA-TED share around their own `sequence_vectors`: the user vector is the newest
+    position's vector, and the item matrix and item similarities come from `self.items` (an
+    ItemSequenceEmbedding). The contract is in models/sasrec.py."""
+
+    items: ItemSequenceEmbedding
+
+    def sequence_vectors(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.sequence_vectors(batch)[:, -1]
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.items.item_vectors()
+
+    def item_similarity(self, items: torch.Tensor, temperature: float = 1.0, first: int = 0) -> torch.Tensor:
+        return self.items.similarity(items, temperature, first)
+
+
 def recent_mean(x: torch.Tensor, mask: torch.Tensor, window: int) -> torch.Tensor:
     """At each position t of x [B, L, D], the mean of the up to `window` most recent items up to and
     including t (MQSA-TED's long query); padding is left out of the count, and a padding-only window

@@ -226,6 +226,16 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), token: str | None
         # One user with many candidates: the user's fields (history included) are sent once.
         return [{**context, **instance} for instance in instances]
 
+    async def off_the_loop(encode_and_run: Callable[..., Any], *args: Any) -> Any:
+        """Encoding and inference in a worker thread, so the event loop never waits on ONNX Runtime (which
+        releases the GIL while it runs); an instance the encoder refuses is a 422 naming it."""
+        try:
+            return await anyio.to_thread.run_sync(encode_and_run, *args)
+        except SequenceTooLong as err:
+            raise BadRequest(422, "sequence_too_long", str(err)) from None
+        except FeatureError as err:
+            raise BadRequest(422, "bad_instance", str(err)) from None
+
     def serving_kind(model: LoadedModel, kind: str) -> None:
         if model.kind != kind:
             other = "/v1/recommend" if model.kind == "next_item" else "/v1/score"
@@ -236,13 +246,7 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), token: str | None
         model = holder.current  # this request's model, whatever a reload does meanwhile
         serving_kind(model, "score")
         instances = instances_of(await read_json(request))
-        try:
-            # Off the event loop: encoding holds the GIL briefly, ONNX Runtime releases it while it runs.
-            scores = await anyio.to_thread.run_sync(model.score_records, instances, limits.max_sequence_items)
-        except SequenceTooLong as err:
-            raise BadRequest(422, "sequence_too_long", str(err)) from None
-        except FeatureError as err:
-            raise BadRequest(422, "bad_instance", str(err)) from None
+        scores = await off_the_loop(model.score_records, instances, limits.max_sequence_items)
         metrics.instances.inc(len(scores))
         return JSONResponse({"scores": scores, "model": model.name, "version": model.version})
 
@@ -254,12 +258,7 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), token: str | None
         k = payload.get("k", 10)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
             raise BadRequest(422, "bad_k", f'"k" must be an integer from 1 to {limits.max_k}, got {k!r}')
-        try:
-            found = await anyio.to_thread.run_sync(model.recommend_records, instances, k, limits.max_sequence_items)
-        except SequenceTooLong as err:
-            raise BadRequest(422, "sequence_too_long", str(err)) from None
-        except FeatureError as err:
-            raise BadRequest(422, "bad_instance", str(err)) from None
+        found = await off_the_loop(model.recommend_records, instances, k, limits.max_sequence_items)
         metrics.instances.inc(len(found))
         return JSONResponse({"recommendations": found, "model": model.name, "version": model.version})
 

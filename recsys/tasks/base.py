@@ -100,6 +100,26 @@ class Task(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
 
     # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, stage: str, batch: Batch) -> None:
+        """Keep what `_eval_end` needs from one evaluation batch of `stage` ("val" or "test")."""
+        raise NotImplementedError
+
+    def _eval_end(self, stage: str) -> dict[str, float]:
+        """The metrics of a whole evaluation split, logged; the kept outputs cleared."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.record_epoch(self._eval_end("val"))
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate every process's evaluation outputs along dim 0 (padded to one length for
         all_gather), so each process computes the metrics on the whole split."""

@@ -39,12 +39,6 @@ class CTRTask(Task):
         group = batch.group if batch.group is not None else torch.zeros_like(batch.label, dtype=torch.long)
         self._outputs[stage].append((logits.detach().cpu(), batch.label.cpu(), group.cpu()))
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
     def _eval_end(self, stage: str) -> dict[str, float]:
         logits, labels, groups = (self.gather(torch.cat(t)) for t in zip(*self._outputs[stage]))
         self._outputs[stage].clear()
@@ -52,9 +46,3 @@ class CTRTask(Task):
         metrics = ctr_metrics(logits, labels, groups)
         self.log_metrics(stage, metrics)
         return metrics
-
-    def on_validation_epoch_end(self) -> None:
-        self.record_epoch(self._eval_end("val"))
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")

@@ -121,21 +121,9 @@ class NextItemTask(Task):
         scores = self.model(batch) @ self.model.item_vectors().t()
         self._ranks[stage].append(target_ranks(scores, batch.target, batch.seq[:, 0]).cpu())
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
     def _eval_end(self, stage: str) -> dict[str, float]:
         ranks = self.gather(torch.cat(self._ranks[stage]))
         self._ranks[stage].clear()
         metrics = ranking_metrics(ranks, self.ks)
         self.log_metrics(stage, metrics)
         return metrics
-
-    def on_validation_epoch_end(self) -> None:
-        self.record_epoch(self._eval_end("val"))
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
