@@ -214,3 +214,14 @@ def test_unknown_routes_and_methods_are_counted_in_metrics(server) -> None:
     assert 'recsys_requests_total{route="score",status="405"} 1.0' in metrics
     assert 'recsys_requests_total{route="reload",status="405"} 1.0' in metrics
     assert 'recsys_request_errors_total{code="method_not_allowed",route="score"} 1.0' in metrics
+
+
+def test_the_connection_cap_stays_within_the_files_the_process_may_open(monkeypatch) -> None:
+    """Past `ulimit -n`, accept() fails (EMFILE) instead of answering a clean 503: the cap is lowered below it."""
+    import resource
+
+    from recsys.serving.app import within_open_files
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (300, 4096))
+    assert within_open_files(Limits(max_connections=1000)).max_connections == 236
+    assert within_open_files(Limits(max_connections=100)).max_connections == 100
