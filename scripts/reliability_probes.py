@@ -77,14 +77,12 @@ class Probes:
 
     @staticmethod
     def tail(proc: subprocess.CompletedProcess) -> str:
-        """How a command ended: exit status, the number of stderr lines of its error report (from the
-        first "Traceback", "Error executing job" or "recsys ...:" line; library warnings before it are not
-        counted), and the line that says what went wrong."""
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        starts = [i for i, line in enumerate(lines) if line.startswith(("Traceback", "Error executing job", "recsys ", "In '"))]
-        report = lines[starts[0]:] if starts else []
+        """How a command ended: exit status, the number of lines of its error report (stderr without the
+        libraries' "file.py:LINE: message" warnings) and the line of it that says what went wrong (an
+        exception's, or recsys's one line, else the report's first line)."""
+        report = [line for line in proc.stderr.splitlines() if line.strip() and not re.match(r"^\S+\.py:\d+: ", line)]
         said = [line for line in report if re.match(r"^(recsys \w+: |[\w.]*(Error|Exception|Loss)\b)", line)]
-        key = (said[-1] if said else (report[-1] if report else "")).strip()
+        key = (said[-1] if said else (report[0] if report else "")).strip()
         return f"exit {proc.returncode}, error report {len(report)} lines: {key[:260]!r}"
 
     # ------------------------------------------------------------------ a trained run, an export, a server

@@ -142,7 +142,7 @@ def _answer(s: socket.socket, wait: float) -> tuple[bytes, float]:
 def test_slow_clients_are_dropped_after_the_deadlines_while_others_are_served(model, row) -> None:
     """Item 4: a client that sends nothing, half a header, headers and no body, or half a body holds its
     connection only until the header or body deadline; other clients are served meanwhile."""
-    limits = Limits(header_timeout=1.0, body_timeout=1.0, keep_alive_timeout=1.0)
+    limits = Limits(header_timeout=2.0, body_timeout=2.0, keep_alive_timeout=2.0)
     app = create_app(ModelHolder(lambda: model), limits)
     body = json.dumps({"instances": [row]}).encode()
     post = f"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
@@ -157,21 +157,21 @@ def test_slow_clients_are_dropped_after_the_deadlines_while_others_are_served(mo
         opened = time.monotonic()
         for _ in range(5):  # served while the slow ones hold their connections
             assert call(address, "POST", "/v1/score", {"instances": [row]})[0] == 200
-        assert time.monotonic() - opened < 0.9, "the other clients were served only after the deadline"
+        assert time.monotonic() - opened < 1.9, "the other clients were served only after the deadline"
         for what, s in idle.items():
-            received, _ = _answer(s, wait=10)
+            received, _ = _answer(s, wait=15)
             s.close()
             assert received.startswith(b"HTTP/1.1 408 "), (what, received[:80])
-            assert time.monotonic() - opened >= 0.9, what
-        assert time.monotonic() - opened < 5
+            assert time.monotonic() - opened >= 1.9, what
+        assert time.monotonic() - opened < 8
         metrics = call(address, "GET", "/metrics")[1]
         assert 'recsys_requests_total{route="connection",status="408"} 5.0' in metrics
         assert 'recsys_request_errors_total{code="request_timeout",route="connection"} 5.0' in metrics
         # An idle keep-alive connection is closed after its own timeout, without an answer.
         s = _raw(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        received, after = _answer(s, wait=10)
+        received, after = _answer(s, wait=15)
         s.close()
-        assert received.startswith(b"HTTP/1.1 200 ") and b"408" not in received and 0.9 <= after < 5
+        assert received.startswith(b"HTTP/1.1 200 ") and b"408" not in received and 1.9 <= after < 8
 
 
 def test_connections_past_the_cap_get_503_until_the_slow_ones_are_dropped(model, row) -> None:
