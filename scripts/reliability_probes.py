@@ -337,7 +337,7 @@ class Probes:
             conf = self.dataset("utf8_user", {"train": bad_utf8})
             self.record("10", "invalid UTF-8 in train.csv user (row 9)", outcome("utf8_user", conf))
             conf = self.dataset("ragged", {"valid": lambda t: t.replace("\n", ",extra\n", 13).replace(",extra\n", "\n", 12)})
-            self.record("10", "ragged row in valid.csv (row 13)", outcome("ragged", conf))
+            self.record("10", "ragged row in valid.csv (line 13)", outcome("ragged", conf))
             conf = self.dataset("empty_valid", {"valid": lambda t: ""})
             self.record("10", "0-byte valid.csv", outcome("empty_valid", conf))
             conf = self.dataset("header_valid", {"valid": lambda t: t.splitlines()[0] + "\n"})
@@ -387,13 +387,13 @@ class Probes:
         proc = subprocess.Popen([sys.executable, str(self.boot), str(self.code), *args], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
-        while not list(parent.glob(".exp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        while not list(parent.glob(".exp[-.]*")) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        debris = len(list(parent.glob(".exp-*")))
+        debris = len(list(parent.glob(".exp[-.]*")))
         again = self.python(*args)
-        left = sorted(p.name for p in parent.glob(".exp-*"))
+        left = sorted(p.name for p in parent.glob(".exp[-.]*"))
         return f"temp folders after the kill: {debris}; after the next export (exit {again.returncode}): {len(left)} {left[:2]}"
 
     def fresh_clone(self) -> str:
