@@ -21,6 +21,7 @@ import codecs
 import hmac
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -39,7 +40,7 @@ from starlette.routing import Route
 
 from recsys.features import FeatureError
 from recsys.features.records import SequenceTooLong
-from recsys.serving.backends import LoadedModel, NonFiniteScores
+from recsys.serving.backends import LoadedModel
 from recsys.serving.connection import server_config
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ class Limits:
     keep_alive_timeout: float = 5.0
     # Connections (or requests in progress) served at once; a request beyond them is answered 503.
     max_connections: int = 1000
+
+
+class NonFiniteScores(RuntimeError):
+    """The model returned NaN or an infinite score for finite, in-range inputs: a broken model, not bad input."""
 
 
 class BadRequest(Exception):
@@ -231,8 +236,14 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), token: str | None
             raise BadRequest(422, "sequence_too_long", str(err)) from None
         except FeatureError as err:
             raise BadRequest(422, "bad_instance", str(err)) from None
+        try:
+            response = JSONResponse({"scores": scores, "model": model.name, "version": model.version})
+        except ValueError:  # JSON has no NaN or infinity (rendered with allow_nan=False): no check on the happy path
+            bad = [i for i, x in enumerate(scores) if not math.isfinite(x)]
+            raise NonFiniteScores(f"model {model.name} {model.version} scored {scores[bad[0]]} for instance {bad[0]} "
+                                  f"({len(bad)} of {len(scores)} instances not finite)") from None
         metrics.instances.inc(len(scores))
-        return JSONResponse({"scores": scores, "model": model.name, "version": model.version})
+        return response
 
     async def describe(request: Request) -> Response:
         return JSONResponse({**holder.current.describe(), "limits": asdict(limits)})

@@ -225,3 +225,17 @@ def test_the_connection_cap_stays_within_the_files_the_process_may_open(monkeypa
     monkeypatch.setattr(resource, "getrlimit", lambda which: (300, 4096))
     assert within_open_files(Limits(max_connections=1000)).max_connections == 236
     assert within_open_files(Limits(max_connections=100)).max_connections == 100
+
+
+def test_a_model_that_scores_nan_gets_a_named_500_not_a_failed_json_rendering(model, row) -> None:
+    """Inputs are finite and in range, so a NaN score is the model's fault: said so (500 non_finite_score),
+    rather than JSON rendering failing into an anonymous 500; the response never carries NaN."""
+    import dataclasses
+
+    import numpy as np
+
+    broken = dataclasses.replace(model, scorer=lambda sparse, dense, seq: np.full(len(sparse), np.nan, dtype=np.float32))
+    with running_server(create_app(ModelHolder(lambda: broken), LIMITS)) as address:
+        status, answer = call(address, "POST", "/v1/score", {"instances": [row, row]})
+    assert status == 500 and answer["error"]["code"] == "non_finite_score"
+    assert answer["error"]["message"].endswith("scored nan for instance 0 (2 of 2 instances not finite)")
