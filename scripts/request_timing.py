@@ -8,6 +8,12 @@ the same bodies to each in turns (A, B, A, B, ...), so a burst of load from else
 Prints, per checkout and candidate count, the median over rounds of each round's p50 and p99 (ms), with the
 rounds' range; a keep-alive connection per server, one request at a time, so this is the request path
 (parse, checks, encode, ONNX Runtime, JSON), not throughput.
+
+    python scripts/request_timing.py --export EXPORT_DIR --code before=/tmp/base --code after=. --steps
+
+times the steps in process instead (json.loads of the body, RecordEncoder.encode, score_records: medians of
+400 calls, in µs), each checkout in its own process, the checkouts in turns, --rounds times. Steady where the
+end-to-end figures are at the mercy of a loaded machine.
 """
 
 from __future__ import annotations
@@ -87,6 +93,51 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+STEPS = r"""
+import json, statistics, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from request_timing import bodies
+from recsys.serving.backends import load_export
+export = Path(sys.argv[2])
+model = load_export(export)
+out = {}
+for c in json.loads(sys.argv[3]):
+    body = bodies(export, c)
+    payload = json.loads(body)
+    records = [{**payload.get("context", {}), **i} for i in payload["instances"]]
+    def timed(fn, n=400):
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e6)
+        return statistics.median(times)
+    for _ in range(50):
+        model.score_records(records)
+    out[c] = {"json_loads_us": timed(lambda: json.loads(body)), "encode_us": timed(lambda: model.encoder.encode(records)),
+              "score_records_us": timed(lambda: model.score_records(records))}
+print(json.dumps(out))
+"""
+
+
+def steps(boot: Path, codes: dict[str, str], export: Path, candidates: list[int], rounds: int) -> dict:
+    results: dict[str, list[dict]] = {name: [] for name in codes}
+    for _ in range(rounds):
+        for name, path in codes.items():  # in turns
+            proc = subprocess.run([sys.executable, str(boot), str(Path(path).resolve()), "--exec", STEPS,
+                                   str(Path(__file__).resolve().parent), str(export), json.dumps(candidates)],
+                                  capture_output=True, text=True, check=True)
+            results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(f"{'code':<10} {'cands':>5} {'json.loads us':>16} {'encode us':>16} {'score_records us':>18}   (median of rounds; range)")
+    for name in codes:
+        for c in candidates:
+            row = [[r[str(c)][k] for r in results[name]] for k in ("json_loads_us", "encode_us", "score_records_us")]
+            cells = [f"{statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})" for v in row]
+            print(f"{name:<10} {c:>5} {cells[0]:>16} {cells[1]:>16} {cells[2]:>18}")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, required=True)
@@ -95,11 +146,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=300, help="requests per round (after 30 warm-up ones)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--steps", action="store_true", help="time the request's steps in process instead")
     a = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="request-timing-"))
     boot = work / "boot.py"
     boot.write_text(BOOT)
     codes = dict(c.split("=", 1) for c in a.code)
+    if a.steps:
+        results = steps(boot, codes, a.export.resolve(), a.candidates, a.rounds)
+        if a.json:
+            a.json.write_text(json.dumps({"codes": codes, "steps": results}, indent=1))
+        return
     servers = {name: start(boot, Path(path), a.export, work / f"{name}.log") for name, path in codes.items()}
     results: dict[str, dict[int, list[tuple[float, float]]]] = {name: {c: [] for c in a.candidates} for name in codes}
     try:
