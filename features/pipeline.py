@@ -209,7 +209,9 @@ class FeaturePipeline:
             if f.is_dense:
                 ends = normalise(np.array([f.stats["min"], f.stats["max"]], dtype=np.float64), f,
                                  lambda v: np.sign(v) * np.log1p(np.abs(v)))
-                if not np.isfinite(ends.astype(np.float32)).all():
+                with np.errstate(over="ignore"):  # the overflow is what is being checked
+                    fits = np.isfinite(ends.astype(np.float32)).all()
+                if not fits:
                     raise FeatureError(
                         f"numeric field {f.name!r}: values from {f.stats['min']:.3g} to {f.stats['max']:.3g} do not fit "
                         f"float32 after norm {f.norm!r}; use norm: log or standard"

@@ -77,14 +77,12 @@ class Probes:
 
     @staticmethod
     def tail(proc: subprocess.CompletedProcess) -> str:
-        """How a command ended: exit status, the number of stderr lines of its error report (from the
-        first "Traceback", "Error executing job" or "recsys ...:" line; library warnings before it are not
-        counted), and the line that says what went wrong."""
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        starts = [i for i, line in enumerate(lines) if line.startswith(("Traceback", "Error executing job", "recsys ", "In '"))]
-        report = lines[starts[0]:] if starts else []
+        """How a command ended: exit status, the number of lines of its error report (stderr without the
+        libraries' "file.py:LINE: message" warnings) and the line of it that says what went wrong (an
+        exception's, or recsys's one line, else the report's first line)."""
+        report = [line for line in proc.stderr.splitlines() if line.strip() and not re.match(r"^\S+\.py:\d+: ", line)]
         said = [line for line in report if re.match(r"^(recsys \w+: |[\w.]*(Error|Exception|Loss)\b)", line)]
-        key = (said[-1] if said else (report[-1] if report else "")).strip()
+        key = (said[-1] if said else (report[0] if report else "")).strip()
         return f"exit {proc.returncode}, error report {len(report)} lines: {key[:260]!r}"
 
     # ------------------------------------------------------------------ a trained run, an export, a server
@@ -339,7 +337,7 @@ class Probes:
             conf = self.dataset("utf8_user", {"train": bad_utf8})
             self.record("10", "invalid UTF-8 in train.csv user (row 9)", outcome("utf8_user", conf))
             conf = self.dataset("ragged", {"valid": lambda t: t.replace("\n", ",extra\n", 13).replace(",extra\n", "\n", 12)})
-            self.record("10", "ragged row in valid.csv (row 13)", outcome("ragged", conf))
+            self.record("10", "ragged row in valid.csv (line 13)", outcome("ragged", conf))
             conf = self.dataset("empty_valid", {"valid": lambda t: ""})
             self.record("10", "0-byte valid.csv", outcome("empty_valid", conf))
             conf = self.dataset("header_valid", {"valid": lambda t: t.splitlines()[0] + "\n"})
@@ -389,13 +387,13 @@ class Probes:
         proc = subprocess.Popen([sys.executable, str(self.boot), str(self.code), *args], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
-        while not list(parent.glob(".exp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        while not list(parent.glob(".exp[-.]*")) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        debris = len(list(parent.glob(".exp-*")))
+        debris = len(list(parent.glob(".exp[-.]*")))
         again = self.python(*args)
-        left = sorted(p.name for p in parent.glob(".exp-*"))
+        left = sorted(p.name for p in parent.glob(".exp[-.]*"))
         return f"temp folders after the kill: {debris}; after the next export (exit {again.returncode}): {len(left)} {left[:2]}"
 
     def fresh_clone(self) -> str:

@@ -24,6 +24,7 @@ import codecs
 import hmac
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -247,8 +248,14 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), token: str | None
         serving_kind(model, "score")
         instances = instances_of(await read_json(request))
         scores = await off_the_loop(model.score_records, instances, limits.max_sequence_items)
+        try:
+            response = JSONResponse({"scores": scores, "model": model.name, "version": model.version})
+        except ValueError:  # JSON has no NaN or infinity (rendered with allow_nan=False): no check on the happy path
+            bad = [i for i, x in enumerate(scores) if not math.isfinite(x)]
+            raise NonFiniteScores(f"model {model.name} {model.version} scored {scores[bad[0]]} for instance {bad[0]} "
+                                  f"({len(bad)} of {len(scores)} instances not finite)") from None
         metrics.instances.inc(len(scores))
-        return JSONResponse({"scores": scores, "model": model.name, "version": model.version})
+        return response
 
     async def recommend(request: Request) -> Response:
         model = holder.current

@@ -80,12 +80,7 @@ class LoadedModel:
 
     def score_records(self, records: Sequence[Mapping[str, Any]], max_sequence_items: int | None = None) -> list[float]:
         sparse, dense, seq = self.encoder.encode(records, max_sequence_items=max_sequence_items)
-        scores = self.score_arrays(sparse, dense, seq)
-        if not np.isfinite(scores).all():  # JSON has no NaN: say so plainly rather than fail to render
-            bad = np.flatnonzero(~np.isfinite(scores))
-            raise NonFiniteScores(f"model {self.name} {self.version} scored {scores[bad[0]]} for instance {bad[0]} "
-                                  f"({len(bad)} of {len(scores)} instances non-finite)")
-        return scores.tolist()
+        return self.score_arrays(sparse, dense, seq).tolist()
 
     def score_arrays(self, sparse: np.ndarray, dense: np.ndarray, seq: np.ndarray) -> np.ndarray:
         """Scores for encoded rows. A request of many rows is cut into up to `workers` chunks of at least

@@ -11,6 +11,12 @@ import polars as pl
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Triton reads TRITON_INTERPRET once, when it is first imported, and importing Lightning (recsys.data,
+    # recsys.tasks) imports it: set here, before any test module is collected, so that the SDIM kernel tests
+    # (tests/kernels) run in the interpreter whatever module was collected first.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def _data_dir() -> Path | None:
     root = os.environ.get("RECSYS_DATA_DIR")

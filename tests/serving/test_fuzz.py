@@ -1,6 +1,7 @@
 """Issue #11, item 7: property-based fuzzing of the endpoint on a real socket. Thousands of generated bodies,
 field values, headers, methods and paths against /v1/score and the admin routes: no answer is a 5xx, a 200
-carries one finite score in [0, 1] per instance, and the server is healthy after.
+carries one finite score in [0, 1] per instance, a request giving a numeric field an infinite value is
+refused (4xx), and the server is healthy after.
 
 Derandomised (the same examples on every run) so that the normal suite is deterministic; set
 RECSYS_FUZZ_EXAMPLES=20000 (and RECSYS_FUZZ_SEEDED=0 for fresh random examples) to search harder.
@@ -87,10 +88,35 @@ def served(exported, tiny_runs):
     model = load_export(exported(MODEL))
     rows = tiny_runs.raw_valid(20)
     fields = [f["name"] for f in model.describe()["input_fields"]]
+    numeric = [f["name"] for f in model.describe()["input_fields"] if f["type"] == "numeric"]
     with running_server(create_app(ModelHolder(lambda: model), LIMITS, token=TOKEN)) as address:
         client = Client(address)
-        yield address, client, rows, fields
+        yield address, client, rows, fields, numeric
         client.close()
+
+
+def _infinite_numeric(body: bytes, numeric: list[str]) -> bool:
+    """Whether the body, as a JSON parser reads it, gives a numeric field an infinite value (which the
+    policy refuses: the request must not be scored)."""
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+        return False
+    context = payload.get("context") if isinstance(payload.get("context"), dict) else {}
+    for instance in payload["instances"]:
+        merged = {**context, **instance} if isinstance(instance, dict) else {}
+        for name in numeric:
+            value = merged.get(name)
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                try:
+                    if math.isinf(float(value)):
+                        return True
+                except (ValueError, OverflowError):
+                    if isinstance(value, int):
+                        return True  # an integer beyond float's range
+    return False
 
 
 # ---------------------------------------------------------------- strategies
@@ -108,10 +134,18 @@ raw_literals = st.sampled_from([b"Infinity", b"-Infinity", b"NaN", b"1e999", b"-
 PLACEHOLDER = "\u2603placeholder\u2603"
 
 
+INFINITE = [float("inf"), float("-inf"), "inf", "-Infinity", "1e999", 10**400]
+
+
 @st.composite
-def score_bodies(draw: st.DrawFn, rows: list[dict], fields: list[str]) -> bytes:
-    """A request body: mostly real rows with some fields broken, sometimes anything at all."""
-    kind = draw(st.sampled_from(["instances", "instances", "instances", "any json", "bytes", "text"]))
+def score_bodies(draw: st.DrawFn, rows: list[dict], fields: list[str], numeric: list[str]) -> bytes:
+    """A request body: mostly real rows with some fields broken, sometimes anything at all, and sometimes
+    real rows of which one instance has one defect: an infinite number in a numeric field."""
+    kind = draw(st.sampled_from(["instances", "instances", "instances", "any json", "bytes", "text", "one infinite"]))
+    if kind == "one infinite":
+        instances = [dict(draw(st.sampled_from(rows))) for _ in range(draw(st.integers(min_value=1, max_value=4)))]
+        instances[draw(st.integers(0, len(instances) - 1))][draw(st.sampled_from(numeric))] = draw(st.sampled_from(INFINITE))
+        return json.dumps({"instances": instances}).encode()
     if kind == "bytes":
         return draw(st.binary(max_size=300))
     if kind == "text":
@@ -187,20 +221,25 @@ def _checked(status: int, data: bytes, headers: dict[str, str], method: str, pat
 
 
 def test_fuzz_score(served) -> None:
-    address, client, rows, fields = served
+    address, client, rows, fields, numeric = served
+    refused = []
 
     @fuzz(SCORE_EXAMPLES)
-    @given(body=score_bodies(rows, fields), extra=headers(), chunked=st.integers(0, 9))
+    @given(body=score_bodies(rows, fields, numeric), extra=headers(), chunked=st.integers(0, 9))
     def one(body: bytes, extra: dict[str, str], chunked: int) -> None:
         status, data, answer_headers = client.send("POST", "/v1/score", body, extra, chunked=chunked == 0)
         _checked(status, data, answer_headers, "POST", "/v1/score", body)
+        if _infinite_numeric(body, numeric):  # the numeric policy: an infinite value is never scored
+            assert 400 <= status < 500, (status, data[:300], body[:300])
+            refused.append(status)
 
     one()
+    assert len(refused) >= SCORE_EXAMPLES // 20  # the examples did exercise the policy
     _healthy_after(client, SCORE_EXAMPLES)
 
 
 def test_fuzz_admin_routes_methods_and_paths(served) -> None:
-    address, client, rows, fields = served
+    address, client, *_ = served
 
     @fuzz(ROUTE_EXAMPLES)
     @given(route=st.sampled_from(ROUTES) | st.tuples(methods, paths), extra=headers(),

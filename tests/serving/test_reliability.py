@@ -142,7 +142,7 @@ def _answer(s: socket.socket, wait: float) -> tuple[bytes, float]:
 def test_slow_clients_are_dropped_after_the_deadlines_while_others_are_served(model, row) -> None:
     """Item 4: a client that sends nothing, half a header, headers and no body, or half a body holds its
     connection only until the header or body deadline; other clients are served meanwhile."""
-    limits = Limits(header_timeout=1.0, body_timeout=1.0, keep_alive_timeout=1.0)
+    limits = Limits(header_timeout=2.0, body_timeout=2.0, keep_alive_timeout=2.0)
     app = create_app(ModelHolder(lambda: model), limits)
     body = json.dumps({"instances": [row]}).encode()
     post = f"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
@@ -157,21 +157,21 @@ def test_slow_clients_are_dropped_after_the_deadlines_while_others_are_served(mo
         opened = time.monotonic()
         for _ in range(5):  # served while the slow ones hold their connections
             assert call(address, "POST", "/v1/score", {"instances": [row]})[0] == 200
-        assert time.monotonic() - opened < 0.9, "the other clients were served only after the deadline"
+        assert time.monotonic() - opened < 1.9, "the other clients were served only after the deadline"
         for what, s in idle.items():
-            received, _ = _answer(s, wait=10)
+            received, _ = _answer(s, wait=15)
             s.close()
             assert received.startswith(b"HTTP/1.1 408 "), (what, received[:80])
-            assert time.monotonic() - opened >= 0.9, what
-        assert time.monotonic() - opened < 5
+            assert time.monotonic() - opened >= 1.9, what
+        assert time.monotonic() - opened < 8
         metrics = call(address, "GET", "/metrics")[1]
         assert 'recsys_requests_total{route="connection",status="408"} 5.0' in metrics
         assert 'recsys_request_errors_total{code="request_timeout",route="connection"} 5.0' in metrics
         # An idle keep-alive connection is closed after its own timeout, without an answer.
         s = _raw(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        received, after = _answer(s, wait=10)
+        received, after = _answer(s, wait=15)
         s.close()
-        assert received.startswith(b"HTTP/1.1 200 ") and b"408" not in received and 0.9 <= after < 5
+        assert received.startswith(b"HTTP/1.1 200 ") and b"408" not in received and 1.9 <= after < 8
 
 
 def test_connections_past_the_cap_get_503_until_the_slow_ones_are_dropped(model, row) -> None:
@@ -214,3 +214,28 @@ def test_unknown_routes_and_methods_are_counted_in_metrics(server) -> None:
     assert 'recsys_requests_total{route="score",status="405"} 1.0' in metrics
     assert 'recsys_requests_total{route="reload",status="405"} 1.0' in metrics
     assert 'recsys_request_errors_total{code="method_not_allowed",route="score"} 1.0' in metrics
+
+
+def test_the_connection_cap_stays_within_the_files_the_process_may_open(monkeypatch) -> None:
+    """Past `ulimit -n`, accept() fails (EMFILE) instead of answering a clean 503: the cap is lowered below it."""
+    import resource
+
+    from recsys.serving.app import within_open_files
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (300, 4096))
+    assert within_open_files(Limits(max_connections=1000)).max_connections == 236
+    assert within_open_files(Limits(max_connections=100)).max_connections == 100
+
+
+def test_a_model_that_scores_nan_gets_a_named_500_not_a_failed_json_rendering(model, row) -> None:
+    """Inputs are finite and in range, so a NaN score is the model's fault: said so (500 non_finite_score),
+    rather than JSON rendering failing into an anonymous 500; the response never carries NaN."""
+    import dataclasses
+
+    import numpy as np
+
+    broken = dataclasses.replace(model, scorer=lambda sparse, dense, seq: np.full(len(sparse), np.nan, dtype=np.float32))
+    with running_server(create_app(ModelHolder(lambda: broken), LIMITS)) as address:
+        status, answer = call(address, "POST", "/v1/score", {"instances": [row, row]})
+    assert status == 500 and answer["error"]["code"] == "non_finite_score"
+    assert answer["error"]["message"].endswith("scored nan for instance 0 (2 of 2 instances not finite)")
