@@ -83,3 +83,4 @@ def test_next_item_most_popular_is_a_baseline_too(small_next_item, tmp_path) -> 
     # More popular items than the cutoff can hold: a hit at 10 is a hit at 20, never the other way round.
     assert 0 < popular["test"]["hr@10"] <= popular["test"]["hr@20"] < 1
     assert np.isfinite(popular["val"]["ndcg@20"])
+    assert popular["val"] != popular["test"]  # each split scored on its own targets
