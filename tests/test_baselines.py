@@ -17,11 +17,12 @@ from recsys.features import FieldSpec, Schema
 
 
 def _raw(root: Path, flip_test: bool = False) -> dict:
-    """Users u0..u3 and items i0..i5. In every split the label is 1 exactly for items i0..i2, so the item's
-    training rate ranks every valid and test row correctly; users carry no signal (each sees every item)."""
+    """Users u0..u3 and items i0..i5. In every split the label is 1 exactly for items i0 and i1 (a third of
+    the rows), so the item's training rate ranks every valid and test row correctly; users carry no signal
+    (each sees every item)."""
     root.mkdir(parents=True, exist_ok=True)
     for split, reps in (("train", 5), ("valid", 1), ("test", 1)):
-        rows = [(u, i, int(i < 3)) for _ in range(reps) for u in range(4) for i in range(6)]
+        rows = [(u, i, int(i < 2)) for _ in range(reps) for u in range(4) for i in range(6)]
         if split == "test" and flip_test:
             rows = [(u, i, 1 - y) for u, i, y in rows]
         pl.DataFrame({"label": [y for _, _, y in rows], "uid": [f"u{u}" for u, _, _ in rows],
@@ -36,14 +37,17 @@ def test_constant_and_target_rate_baselines_by_their_definitions(tmp_path) -> No
     payload = dataset_baselines(prepared, "ctr")
     constant, rate = payload["baselines"]
     assert constant["model"] == "baseline: constant" and rate["model"] == "baseline: uid+iid rate"
-    # The constant predictor scores every row with the training rate, 1/2: AUC 0.5 and logloss ln 2.
-    assert constant["settings"]["rate"] == pytest.approx(0.5)
-    assert constant["val"]["auc"] == 0.5 and constant["val"]["logloss"] == pytest.approx(math.log(2))
-    # The item's rate separates the classes; the user's (1/2 for every user) adds nothing.
+    # The constant predictor scores every row with the training rate, 1/3: AUC 0.5, logloss the label's entropy.
+    p = 1 / 3
+    assert constant["settings"]["rate"] == pytest.approx(p)
+    assert constant["val"]["auc"] == 0.5 and constant["val"]["logloss"] == pytest.approx(-(p * math.log(p) + (1 - p) * math.log(1 - p)))
+    # The item's rate separates the classes; the user's (1/3 for every user, as the prior) shifts nothing.
     assert rate["val"]["auc"] == 1.0 and rate["test"]["gauc"] == 1.0
-    m, p = rate["settings"]["prior_strength"], 0.5
-    positive = (20 + m * p) / (20 + m)  # an item of i0..i2: 20 training rows (4 users x 5), all positive
-    expected = -math.log(positive)  # every row is scored with its item's rate, the user's shift is 0
+    m = rate["settings"]["prior_strength"]
+    positive = (20 + m * p) / (20 + m)  # i0 or i1: 20 training rows (4 users x 5), all positive
+    negative = (0 + m * p) / (20 + m)  # i2..i5: 20 training rows each, none positive
+    # Every row is scored with its item's smoothed rate: a third of the rows positive, two thirds negative.
+    expected = -(math.log(positive) + 2 * math.log(1 - negative)) / 3
     assert rate["val"]["logloss"] == pytest.approx(expected)
     assert (prepared.directory / BASELINES_FILE).exists()
 
