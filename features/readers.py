@@ -27,6 +27,17 @@ def infer_format(path: str | Path) -> str:
     raise FeatureError(f"cannot tell the format of {path}: name it as one of {FORMATS}")
 
 
+def polars_dtype(column: str, value: str | pl.DataType) -> pl.DataType:
+    """A Polars type from a config: a type, or its name as YAML gives it ("String", "Int64", "Float64", ...)."""
+    if not isinstance(value, str):
+        return value
+    found = getattr(pl, value, None)
+    if isinstance(found, type) and issubclass(found, pl.DataType):
+        return found
+    raise FeatureError(f"reader.schema_overrides: column {column!r} names {value!r}, which is not a Polars type; "
+                       "use a name such as String, Int64, Int32, Float64, Float32 or Boolean")
+
+
 def scan_table(
     path: str | Path,
     fmt: str | None = None,
@@ -34,7 +45,7 @@ def scan_table(
     separator: str | None = None,
     has_header: bool = True,
     column_names: Sequence[str] | None = None,
-    schema_overrides: dict[str, pl.DataType] | None = None,
+    schema_overrides: dict[str, pl.DataType | str] | None = None,
     as_text: bool = False,
 ) -> pl.LazyFrame:
     """A LazyFrame over one raw file. Nothing is read until the frame is collected, so a transform
@@ -44,6 +55,8 @@ def scan_table(
     if not path.exists():
         raise FeatureError(f"input file not found: {path}")
     fmt = fmt or infer_format(path)
+    if schema_overrides:
+        schema_overrides = {column: polars_dtype(column, value) for column, value in schema_overrides.items()}
     if fmt in ("csv", "tsv"):
         sep = separator or ("\t" if fmt == "tsv" else ",")
         lf = pl.scan_csv(

@@ -17,6 +17,9 @@ from recsys.features.errors import FeatureError
 # label: a CTR click (0/1); group: what gAUC groups by; target: the next item a next-item task predicts, an id
 # of the vocabulary of the sequence it names in `share_vocab_with`. None of the three is a model input.
 KINDS = ("categorical", "numeric", "sequence", "label", "group", "target")
+# What a field stands for, where a default needs to know it: FinalMLP's feature-selection contexts and the
+# target-rate baseline read the fields marked user and item, whatever they are called.
+ROLES = ("user", "item")
 NORMS = (None, "standard", "minmax", "log")
 SCHEMA_VERSION = 1
 PAD_ID = 0
@@ -43,6 +46,8 @@ class FieldSpec:
     fill: float | str = 0.0  # a number, "mean" or "median"
     norm: str | None = None
     buckets: int | None = None  # quantile buckets: the field becomes a categorical id
+    # what the field stands for (one of ROLES), for defaults that need a user or an item field
+    role: str | None = None
     # filled in by fitting
     raw_dtype: str | None = None  # "int", "float" or "str"
     vocab_size: int | None = None
@@ -63,6 +68,10 @@ class FieldSpec:
             raise FeatureError(f"target field {self.name!r} needs share_vocab_with: the sequence whose items it predicts")
         if self.kind == "numeric" and self.norm not in NORMS:
             raise FeatureError(f"numeric field {self.name!r}: unknown norm {self.norm!r}; expected one of {NORMS}")
+        if self.role is not None and self.role not in ROLES:
+            raise FeatureError(f"field {self.name!r}: unknown role {self.role!r}; expected one of {ROLES}")
+        if self.role is not None and self.kind != "categorical":
+            raise FeatureError(f"field {self.name!r}: a role marks a categorical field, not a {self.kind} one")
         if self.hash_buckets is not None and self.hash_buckets < 1:
             raise FeatureError(f"field {self.name!r}: hash_buckets must be >= 1")
         if self.table is None and self.kind in ("categorical", "sequence") and not self.share_vocab_with:
@@ -120,6 +129,10 @@ class Schema:
             raise FeatureError("a schema has at most one group field")
         if sum(f.kind == "target" for f in self.fields) > 1:
             raise FeatureError("a schema has at most one target field")
+        for role in ROLES:
+            marked = [f.name for f in self.fields if f.role == role]
+            if len(marked) > 1:
+                raise FeatureError(f"fields {marked} all have role {role!r}; at most one field may")
 
     def __getitem__(self, name: str) -> FieldSpec:
         for f in self.fields:
@@ -150,6 +163,12 @@ class Schema:
     @property
     def target(self) -> FieldSpec | None:
         return next((f for f in self.fields if f.kind == "target"), None)
+
+    def with_role(self, role: str) -> FieldSpec | None:
+        """The field marked with `role` (one of ROLES), if any."""
+        if role not in ROLES:
+            raise KeyError(f"unknown role {role!r}; expected one of {ROLES}")
+        return next((f for f in self.fields if f.role == role), None)
 
     @property
     def feature_fields(self) -> list[FieldSpec]:

@@ -37,6 +37,27 @@ class FeatureGate(nn.Module):
         return flat_emb * (2.0 * self.gate(ctx))
 
 
+def gate_context(schema: Schema, given: Sequence[str] | None, setting: str, role: str) -> list[str]:
+    """The context fields of one feature gate: `given` if set (an empty list means a learned vector), else
+    the field the schema marks with `role`, else a field named after the role. A ValueError names the
+    model setting when the fields do not exist or neither default applies."""
+    known = [f.name for f in schema.feature_fields]
+    if given is None:
+        marked = schema.with_role(role)
+        if marked is not None:
+            return [marked.name]
+        if role in known:
+            return [role]
+        raise ValueError(
+            f"FinalMLP's model.{setting} defaults to the field with role: {role} in the data config, and the schema "
+            f"marks none (nor has a field named {role!r}); mark one (`role: {role}` on a categorical field), or set "
+            f"model.{setting}=[FIELD, ...] from {known}, or model.{setting}=[] for a learned context")
+    unknown = [name for name in given if name not in known]
+    if unknown:
+        raise ValueError(f"FinalMLP's model.{setting} names unknown field(s) {unknown}; the schema's feature fields are {known}")
+    return list(given)
+
+
 class InteractionAggregation(nn.Module):
     """w_x^T x + w_y^T y + sum_h x_h^T W_h y_h over `num_heads` chunks of the two stream outputs."""
 
@@ -76,8 +97,8 @@ class FinalMLP(nn.Module):
         mlp2_batch_norm: bool = True,
         use_fs: bool = True,
         fs_hidden_units: Sequence[int] = (400,),
-        fs1_context: Sequence[str] = ("user",),
-        fs2_context: Sequence[str] = ("item",),
+        fs1_context: Sequence[str] | None = None,
+        fs2_context: Sequence[str] | None = None,
         num_heads: int = 5,
     ):
         super().__init__()
@@ -85,8 +106,10 @@ class FinalMLP(nn.Module):
         width = self.embedding.output_dim()
         self.use_fs = use_fs
         if use_fs:
-            self.gate1 = FeatureGate(schema, embedding_dim, list(fs1_context), fs_hidden_units, width)
-            self.gate2 = FeatureGate(schema, embedding_dim, list(fs2_context), fs_hidden_units, width)
+            context1 = gate_context(schema, fs1_context, "fs1_context", "user")
+            context2 = gate_context(schema, fs2_context, "fs2_context", "item")
+            self.gate1 = FeatureGate(schema, embedding_dim, context1, fs_hidden_units, width)
+            self.gate2 = FeatureGate(schema, embedding_dim, context2, fs_hidden_units, width)
         self.mlp1 = MLP(width, mlp1_hidden_units, activation_name=mlp1_activation, dropout=mlp1_dropout, batch_norm=mlp1_batch_norm)
         self.mlp2 = MLP(width, mlp2_hidden_units, activation_name=mlp2_activation, dropout=mlp2_dropout, batch_norm=mlp2_batch_norm)
         self.fusion = InteractionAggregation(self.mlp1.output_dim, self.mlp2.output_dim, num_heads)

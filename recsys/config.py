@@ -87,14 +87,30 @@ def _checked_options(cls: type, options: dict[str, Any], what: str) -> dict[str,
     return options
 
 
-def build_datamodule(cfg: DictConfig, prepared: PreparedData | None = None):  # noqa: ANN201 - a LightningDataModule
-    """The data module of a composed config: its dataset prepared (or `prepared` as given) and wrapped
-    in the data config's `_target_`, or else the module its task declares."""
+def _datamodule_class_and_options(cfg: DictConfig) -> tuple[type, dict[str, Any]]:
     data = _plain(cfg.data)
     target = data.pop("_target_", None) or task_class(cfg).datamodule
     options = {k: v for k, v in data.items() if k not in DATASET_KEYS}
     cls = get_class(target)
     _checked_options(cls, options, f"data config {data.get('name')!r}")
+    return cls, options
+
+
+def datamodule_options(cfg: DictConfig) -> dict[str, Any]:
+    """Every option of the config's data module (batch_size, eval_batch_size, ...): the data config's value
+    where it sets one, else the class's default. Read options here, never as cfg.data.<key>, which a data
+    config that leaves the default is free to omit."""
+    cls, options = _datamodule_class_and_options(cfg)
+    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty and name != "seed"}
+    return {**defaults, **options}
+
+
+def build_datamodule(cfg: DictConfig, prepared: PreparedData | None = None):  # noqa: ANN201 - a LightningDataModule
+    """The data module of a composed config: its dataset prepared (or `prepared` as given) and wrapped
+    in the data config's `_target_`, or else the module its task declares. Only the options the data
+    config sets are passed, so every other one keeps the class's default."""
+    cls, options = _datamodule_class_and_options(cfg)
     prepared = prepared or prepare_configured(cfg)
     return cls(prepared, seed=int(cfg.get("seed", 0)), **options)
 
@@ -108,7 +124,10 @@ def build_model(model_cfg: DictConfig | Mapping[str, Any], schema: Schema) -> to
         raise ConfigError("the model config has no `_target_` (the model class, e.g. recsys.models.deepfm.DeepFM)")
     cls = get_class(target)
     _checked_options(cls, params, f"model {target}")
-    return cls(schema, **params)
+    try:
+        return cls(schema, **params)
+    except ValueError as err:  # a model refuses a setting with a ValueError that names it
+        raise ConfigError(f"model {target}: {err}") from err
 
 
 def build_task(cfg: DictConfig, model: torch.nn.Module):  # noqa: ANN201 - a LightningModule

@@ -25,6 +25,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from recsys.baselines import baselines_of_runs, beats, best_baseline  # readers only: no torch, no data
+
 # On the seed means of a claim's metric (default: the test value of the metric the runs were selected on):
 #   better:   a > b
 #   at_least: a >= b - tolerance (tolerance 0 by default): one-sided, and its text says "≥ b − tol"
@@ -152,6 +154,7 @@ def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[di
         if metrics:
             ms = list(metrics.values())
             row["selection_metric"] = str(ms[0].get("monitor", "val/auc"))
+            row["selection_mode"] = str(ms[0].get("mode", "max"))
             values: dict[str, list[float]] = {}
             for m in ms:
                 for split in ("val", "test"):
@@ -165,6 +168,10 @@ def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[di
             row["num_parameters"] = ms[0]["num_parameters"]
             row["dataset"] = ms[0]["dataset"]
         rows.append(row)
+    baselines = {table: baselines_of_runs(run_dir(out, r, s) for r in runs if r.table == table for s in seeds)
+                 for table in dict.fromkeys(r.table for r in runs)}
+    for row in rows:
+        row["below_baseline"] = _below_baseline(row, baselines[row["table"]])
     by_name = {r["name"]: r for r in rows}
     checked = []
     for claim in claims:
@@ -184,7 +191,20 @@ def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[di
                           seeds_where_a_wins=sum(d > 0 for d in paired), seeds_where_it_holds=sum(
                               claim_holds(claim["kind"], d, tolerance) for d in paired), seeds_compared=len(common))
         checked.append(result)
-    return {"seeds": seeds, "rows": rows, "claims": checked}
+    return {"seeds": seeds, "rows": rows, "claims": checked, "baselines": baselines}
+
+
+def _below_baseline(row: dict[str, Any], baselines: list[dict[str, Any]]) -> str | None:
+    """The best baseline of the row's dataset when the row's seed mean of its selection metric (validation)
+    does not beat it, else None."""
+    if "selection_metric" not in row or row["selection_metric"] not in row:
+        return None
+    split_key = row["selection_metric"].split("/", 1)[1]
+    mode = row.get("selection_mode", "max")
+    best = best_baseline([b for b in baselines if b["dataset"] == row.get("dataset")], split_key, mode)
+    if best is None or beats(row[row["selection_metric"]], float(best["val"][split_key]), mode):
+        return None
+    return str(best.get("model"))
 
 
 def _pm(row: dict[str, Any], key: str, digits: int = 4) -> str:
@@ -200,18 +220,26 @@ TABLE_METRICS = ("test/auc", "test/gauc", "test/logloss", "test/ndcg@10", "test/
 
 def markdown(summary: dict[str, Any]) -> str:
     lines = [f"Seeds: {', '.join(map(str, summary['seeds']))}. Mean ± sd over seeds; test metrics of the epoch "
-             "with the best value of the validation metric each run is selected on."]
+             "with the best value of the validation metric each run is selected on. Rows named 'baseline: ...' learn only "
+             "counts from train (recsys.baselines); BELOW BASELINE marks a row whose validation mean does not beat the best of them."]
     for table in dict.fromkeys(r["table"] for r in summary["rows"]):
         members = [r for r in summary["rows"] if r["table"] == table]
         selection = list(dict.fromkeys(r["selection_metric"] for r in members if "selection_metric" in r))
         columns = selection + [c for c in TABLE_METRICS if any(c in r for r in members) and c not in selection]
         names = [c.replace("/", " ") for c in columns]
-        lines += ["", f"### {table}", "", "| run | seeds | " + " | ".join(names) + " | epochs | train s | params |",
-                  "|---|---|" + "---|" * len(columns) + "---|---|---|"]
+        flagged = any(r.get("below_baseline") for r in members)
+        lines += ["", f"### {table}", "", "| run | seeds | " + " | ".join(names) + " | epochs | train s | params |"
+                  + (" flags |" if flagged else ""), "|---|---|" + "---|" * len(columns) + "---|---|---|" + ("---|" if flagged else "")]
         for r in members:
             params = f"{r['num_parameters']:,}" if "num_parameters" in r else "—"
             cells = " | ".join(_pm(r, c) for c in columns)
-            lines.append(f"| {r['row']} | {len(r['seeds'])} | {cells} | {_pm(r, 'epochs', 1)} | {_pm(r, 'train_seconds', 0)} | {params} |")
+            flag = (f" BELOW BASELINE ({r['below_baseline']}) |" if r.get("below_baseline") else " |") if flagged else ""
+            lines.append(f"| {r['row']} | {len(r['seeds'])} | {cells} | {_pm(r, 'epochs', 1)} | {_pm(r, 'train_seconds', 0)} | {params} |{flag}")
+        # The baselines of the table's data (recsys.baselines), scored on the same splits; deterministic, so no seeds.
+        for b in summary.get("baselines", {}).get(table, []):
+            values = {f"{split}/{k}": v for split in ("val", "test") for k, v in _numbers(b.get(split) or {}).items()}
+            cells = " | ".join(f"{values[c]:.4f}" if c in values else "—" for c in columns)
+            lines.append(f"| {b['model']} | — | {cells} | — | — | — |" + (" baseline |" if flagged else ""))
     if summary["claims"]:
         lines += ["", "### Claims (seed means)", "", "| claim | a − b | seeds a wins | seeds it holds | status |",
                   "|---|---|---|---|---|"]

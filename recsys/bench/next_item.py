@@ -126,7 +126,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from recsys.config import compose_train_config, prepare_configured
+    from recsys.config import compose_train_config, datamodule_options, prepare_configured
     from recsys.data.prepare import materialise_recipe
 
     if not Path(args.peer_python).exists():
@@ -139,9 +139,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or f"outputs/bench/next_item-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     work = out / "recbole"
     name = f"s3rec_{args.dataset}"
-    data = write_peer_inputs(raw, work, name, int(cfg.data.window))
+    options = datamodule_options(cfg)
+    data = write_peer_inputs(raw, work, name, int(options["window"]))
     threads = args.threads or os.cpu_count() or 1
-    steps = max(1, -(-len_users(raw) // int(cfg.data.batch_size)))
+    steps = max(1, -(-len_users(raw) // int(options["batch_size"])))
     settings = {"dataset": name, "max_len": int(cfg.model.max_len), "num_blocks": int(cfg.model.num_blocks),
                 "num_heads": int(cfg.model.num_heads), "dim": int(cfg.model.embedding_dim), "dropout": float(cfg.model.dropout),
                 "learning_rate": float(cfg.task.learning_rate), "weight_decay": float(cfg.task.weight_decay),

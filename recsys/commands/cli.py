@@ -1,6 +1,7 @@
 """The `recsys` command.
 
     recsys train [hydra overrides]        one run (or a sweep with -m), writes metrics.json
+    recsys data inspect data=NAME         a dataset before training: rows, label rate, fields, warnings
     recsys bench zoo [--data ...]         the zoo's models on one dataset, and a leaderboard
     recsys bench throughput [...]         our training speed against DeepCTR-Torch, side by side
     recsys bench sequence [...]           SDIM / DIN-long / DARE speed over history lengths
@@ -21,7 +22,7 @@ import os
 import sys
 
 USAGE = __doc__
-COMMANDS = ("train", "bench", "report", "export", "serve")
+COMMANDS = ("train", "data", "bench", "report", "export", "serve")
 _OURS = "RECSYS_SET_HYDRA_FULL_ERROR"  # marks a HYDRA_FULL_ERROR that main() set, not the user
 
 
@@ -48,21 +49,41 @@ def _train_main(debug: bool) -> None:
     run()
 
 
+EXPORT_SETTINGS = {
+    "run_dir": "the run folder (recsys train's paths.output_dir: it holds metrics.json)",
+    "out": "the export folder to write (model.onnx, the feature artifacts, metadata.json)",
+    "rows": "validation rows of the parity check against PyTorch (default 10000)",
+    "cache_dir": "the feature cache holding (or rebuilding) the validation rows (default: the run config's paths.cache_dir)",
+    "index": "a next-item run's retrieval index: exact, hnsw or ivf (default exact)",
+}
+
+
 def _export_main(args: list[str]) -> None:
     """`recsys export run_dir=DIR out=DIR [rows=N] [cache_dir=DIR] [index=exact|hnsw|ivf]`, in the key=value
     style of `train`. `index` is the retrieval index of a next-item run."""
-    allowed = {"run_dir", "out", "rows", "cache_dir", "index"}
-    options = dict(a.split("=", 1) for a in args if "=" in a)
-    unknown = [a for a in args if "=" not in a or a.split("=", 1)[0] not in allowed]
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="recsys export", usage="recsys export run_dir=DIR out=EXPORT_DIR [rows=N] [cache_dir=DIR] [index=exact|hnsw|ivf]",
+        description="ONNX export of a finished run, with a parity check of ONNX Runtime against PyTorch on validation rows.",
+        epilog="settings (KEY=VALUE):\n" + "\n".join(f"  {k:<10} {v}" for k, v in EXPORT_SETTINGS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("settings", nargs="*", metavar="KEY=VALUE")
+    settings = parser.parse_args(args).settings
+    options = dict(a.split("=", 1) for a in settings if "=" in a)
+    unknown = [a for a in settings if "=" not in a or a.split("=", 1)[0] not in EXPORT_SETTINGS]
     if unknown or not {"run_dir", "out"} <= options.keys():
-        print(f"usage: recsys export run_dir=DIR out=EXPORT_DIR [rows=N] [cache_dir=DIR] [index=exact|hnsw|ivf] "
-              f"(not understood: {unknown})", file=sys.stderr)
+        parser.print_usage(sys.stderr)
+        print(f"recsys export: run_dir and out are required; not understood: {unknown}", file=sys.stderr)
         sys.exit(2)
     import logging
 
     from recsys.serving.export import PARITY_ROWS, export_run
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # One summary line below, not the exporter's and the graph optimiser's notes (a line per folded node or
+    # merged initializer, and torch's "torchvision is not installed" for operators no zoo model uses).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     meta = export_run(options["run_dir"], options["out"], rows=int(options.get("rows", PARITY_ROWS)), cache_dir=options.get("cache_dir"),
                       index=options.get("index", "exact"))
     p = meta["parity"]
@@ -121,11 +142,12 @@ class _Refused(BaseException):
         self.error = error
 
 
-def user_error_line(err: BaseException) -> str | None:
+def user_error_line(err: BaseException, command: str = "train") -> str | None:
     """The one line a user error is reported with, or None for an error that is not the user's (a bug:
     its traceback is shown). User errors are the types whose message already says what is wrong and
     what to do: the config's, the data's, export's and run loading's, a non-finite training loss, a
-    missing file, and Hydra's own config errors."""
+    missing file, and Hydra's own config errors. `command` is the one that failed: a missing config's
+    message shows how to pass a config folder to it."""
     from hydra.errors import CompactHydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -147,8 +169,9 @@ def user_error_line(err: BaseException) -> str | None:
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
         group, name = err.missing_cfg_file.rsplit("/", 1)
         known = ", ".join(sorted(err.options or [])) or "none"
+        usage = "recsys data inspect" if command == "data" else "recsys train"
         return (f"no config {name!r} in the group {group!r} (known: {known}); for a config of your own, pass the "
-                f"folder that holds {group}/{name}.yaml: recsys train --config-dir DIR {group}={name}")
+                f"folder that holds {group}/{name}.yaml: {usage} --config-dir DIR {group}={name} (docs/data.md)")
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     cause = err.__cause__
     if isinstance(err, CompactHydraException) and cause is not None and str(cause).strip():
@@ -156,8 +179,31 @@ def user_error_line(err: BaseException) -> str | None:
     return text or type(err).__name__
 
 
+def show_each_warning_once() -> None:
+    """Print each distinct warning (category and text) once per process. Python's own once-per-place rule
+    does not hold here: the libraries change the warning filters while a Trainer is built, which resets
+    Python's record of what it has shown, so a library's deprecation warning came back with every run of
+    a benchmark."""
+    import warnings
+
+    if getattr(warnings.showwarning, "_recsys_once", False):
+        return
+    shown: set[tuple[type, str]] = set()
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202 - warnings' hook
+        key = (category, str(message))
+        if key not in shown:
+            shown.add(key)
+            original(message, category, filename, lineno, file, line)
+
+    show._recsys_once = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_each_warning_once()
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
@@ -180,10 +226,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"recsys {command}: interrupted", file=sys.stderr)
         sys.exit(130)
     except _Refused as refused:
-        print(f"recsys {command}: {user_error_line(refused.error)}", file=sys.stderr)
+        print(f"recsys {command}: {user_error_line(refused.error, command)}", file=sys.stderr)
         sys.exit(1)
     except Exception as err:
-        line = None if debug else user_error_line(err)
+        line = None if debug else user_error_line(err, command)
         if line is None:
             raise
         print(f"recsys {command}: {line}", file=sys.stderr)
@@ -204,6 +250,10 @@ def _dispatch(argv: list[str], debug: bool) -> None:
             rest = [*rest, f"hydra.run.dir={out[-1]}"]
         sys.argv = [sys.argv[0], *rest]
         _train_main(debug)
+    elif command == "data":
+        from recsys.commands.data import main as data_main
+
+        data_main(rest)
     elif command == "bench":
         from recsys.bench import main as bench_main
 

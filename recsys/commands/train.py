@@ -16,11 +16,31 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.config import build_datamodule, build_model, build_task, prepare_configured
+from recsys.baselines import BASELINES_FILE, beats, best_baseline, dataset_baselines
+from recsys.config import build_datamodule, build_model, build_task, datamodule_options, dataset_description, prepare_configured
 from recsys.features.atomic import write_json_atomic
 from recsys.runinfo import environment, run_id
 
 log = logging.getLogger(__name__)
+
+# Lightning's lines that say nothing about this run: advertisements, absent accelerators, and the checkpoint
+# reloads before validation and test (metrics.json records which checkpoint was evaluated).
+LIGHTNING_NOISE = ("💡 Tip:", "TPU available:", "HPU available:", "IPU available:", "Restoring states from the checkpoint",
+                   "Loaded model weights from the checkpoint", "Seed set to")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(LIGHTNING_NOISE)
+
+
+def quiet_lightning() -> None:
+    """Drop LIGHTNING_NOISE from Lightning's loggers (once per process; warnings and errors pass)."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.seed"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
 
 
 class TrainThroughput(L.Callback):
@@ -83,20 +103,38 @@ def selection_callbacks(cfg: DictConfig, task: L.LightningModule) -> list[L.Call
     return callbacks
 
 
-def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+def _baselines_line(baselines: dict[str, Any] | None, monitor: str, mode: str) -> str | None:
+    key = monitor.split("/", 1)[1]
+    best = best_baseline((baselines or {}).get("baselines") or [], key, mode)
+    return None if best is None else f"{best['model']} (val {key} {best['val'][key]:.4f})"
+
+
+def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callback] | None = None,
+          data_summary: bool = True) -> dict[str, Any]:
+    """One run. `extra_callbacks` join the configured ones (a command's display, e.g. bench zoo's nested
+    progress bar) without entering the run's config or id. `data_summary=False` leaves out the data
+    summary at the start (a command that trains several models on one dataset prints it once)."""
+    from recsys.data.inspection import inspect_dataset
+
+    quiet_lightning()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     prepared = prepare_configured(cfg)
+    inspection = inspect_dataset(dataset_description(cfg.data), cfg.paths.cache_dir)  # cached beside the prepared data
     datamodule = build_datamodule(cfg, prepared)
     datamodule.setup()
     model = build_model(cfg.model, datamodule.schema)
     task = build_task(cfg, model)
+    baselines = dataset_baselines(prepared, task.name, getattr(task, "ks", (5, 10, 20)))
+    bar = _baselines_line(baselines, task.monitor, task.mode)
+    if data_summary:
+        (log.warning if inspection.warnings else log.info)(inspection.summary() + (f"\nbest baseline: {bar}" if bar else ""))
 
     throughput = TrainThroughput()
-    callbacks = [*selection_callbacks(cfg, task), throughput]
+    callbacks = [*selection_callbacks(cfg, task), throughput, *(extra_callbacks or [])]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     checkpoint = next((c for c in callbacks if isinstance(c, L.callbacks.ModelCheckpoint)), None)
@@ -138,16 +176,25 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "checkpoint": _relative(checkpoint.best_model_path, output_dir) if ckpt else None,
         "features": "features",
         "predictions": "predictions.parquet" if getattr(task, "last_predictions", None) else None,
+        "baselines": BASELINES_FILE if baselines else None,
+        # The data module's options in effect, defaults included (a data config need not set them).
+        "data_options": datamodule_options(cfg),
         "config": resolved,
         "environment": environment(),
     }
     if trainer.is_global_zero:  # one writer under data parallelism
         shutil.copytree(prepared.features_dir, output_dir / "features", dirs_exist_ok=True)
         write_predictions(task, output_dir / "predictions.parquet")
+        if baselines:
+            write_json_atomic(output_dir / BASELINES_FILE, baselines)
         write_json_atomic(output_dir / "metrics.json", metrics)
     key = task.monitor.split("/", 1)[1]
-    log.info("%s on %s: val %s %.4f, test %s %.4f", metrics["model"], metrics["dataset"], key, metrics["val"].get(key, float("nan")),
+    value = metrics["val"].get(key, float("nan"))
+    log.info("%s on %s: val %s %.4f, test %s %.4f", metrics["model"], metrics["dataset"], key, value,
              key, metrics["test"].get(key, float("nan")))
+    best = best_baseline((baselines or {}).get("baselines") or [], key, task.mode)
+    if best is not None and not beats(value, best["val"][key], task.mode):
+        log.warning("%s does NOT beat the best baseline on validation: %s", metrics["model"], _baselines_line(baselines, task.monitor, task.mode))
     return metrics
 
 

@@ -86,17 +86,12 @@ def resolve_files(data_cfg: Mapping[str, Any]) -> dict[str, Path]:
     return files
 
 
-def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> PreparedData:
-    """Fit features on train and write every split as Parquet, once per fingerprint. The fingerprint
-    covers the field config, the raw files' contents (`_file_identity`) and the feature code version, so
-    a change to any of them refits. Written to a temporary folder and renamed, so an interrupted run leaves no
-    half-written cache behind. A config with a `recipe:` block first has its raw splits written by
-    that recipe (see `materialise_recipe`)."""
+def raw_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> dict[str, Any]:
+    """The data config with `root` pointing at its raw split files: a synthetic set is generated and a
+    recipe run first (each once per settings, into the cache); any other config is returned as it is."""
     data_cfg = dict(data_cfg)
-    synthetic = bool(data_cfg.get("synthetic"))
     cache_dir = Path(cache_dir)
-    remove_stale_partials(cache_dir)  # left by a run killed mid-write (atomic_directory cannot clean up after SIGKILL)
-    if synthetic:
+    if data_cfg.get("synthetic"):
         from recsys.data.synthetic import GENERATOR_VERSION, write_synthetic_ctr, write_synthetic_sequences
 
         settings = dict(data_cfg["synthetic"])
@@ -110,26 +105,49 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
         data_cfg["root"] = str(raw_dir)
     elif data_cfg.get("recipe"):
         data_cfg["root"] = str(materialise_recipe(data_cfg, cache_dir))
+    return data_cfg
+
+
+def locate_prepared(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> tuple[PreparedData, dict[str, Path], dict[str, Any]]:
+    """Where `prepare_dataset` keeps this config's features (prepared or not yet: see `is_prepared`), its
+    raw split files, and the cache key. Reads the raw files only to digest them (memoised)."""
+    data_cfg = raw_dataset(data_cfg, cache_dir)
+    cache_dir = Path(cache_dir)
     files = resolve_files(data_cfg)
     fields = [dict(f) for f in data_cfg["fields"]]
-    reader = dict(data_cfg.get("reader") or {})
     key = {
         "version": FEATURES_CACHE_VERSION,
         "fields": fields,
-        "reader": reader,
+        "reader": dict(data_cfg.get("reader") or {}),
         "files": {s: _file_identity(p, cache_dir) for s, p in files.items()},
     }
     if any(f.get("kind") == "numeric" for f in fields):
         key["numeric_transform"] = NUMERIC_TRANSFORM_VERSION
     target = cache_dir / f"{data_cfg['name']}-{_digest(key)}"
-    prepared = PreparedData(str(data_cfg["name"]), target, synthetic)
-    if (target / "DONE").exists():
+    return PreparedData(str(data_cfg["name"]), target, bool(data_cfg.get("synthetic"))), files, key
+
+
+def is_prepared(prepared: PreparedData) -> bool:
+    return (prepared.directory / "DONE").exists()
+
+
+def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> PreparedData:
+    """Fit features on train and write every split as Parquet, once per fingerprint. The fingerprint
+    covers the field config, the raw files' contents (`_file_identity`) and the feature code version, so
+    a change to any of them refits. Written to a temporary folder and renamed, so an interrupted run leaves no
+    half-written cache behind. A config with a `recipe:` block first has its raw splits written by
+    that recipe (see `materialise_recipe`)."""
+    cache_dir = Path(cache_dir)
+    remove_stale_partials(cache_dir)  # left by a run killed mid-write (atomic_directory cannot clean up after SIGKILL)
+    prepared, files, key = locate_prepared(data_cfg, cache_dir)
+    if is_prepared(prepared):
         return prepared
-    pipeline = FeaturePipeline(fields)
+    reader = key["reader"]
+    pipeline = FeaturePipeline(key["fields"])
     for split, path in files.items():  # every split, before any work: one rule for all of them
         check_split(pipeline, split, path, reader)
-    with atomic_directory(target) as tmp:
-        log.info("fitting features for %s on %s", data_cfg["name"], files["train"])
+    with atomic_directory(prepared.directory) as tmp:
+        log.info("fitting features for %s on %s", prepared.name, files["train"])
         with _naming("train", files["train"], reader):
             pipeline.fit(scan_table(files["train"], **reader), check_values=False)
         pipeline.save(tmp / "features")

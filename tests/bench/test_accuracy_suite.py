@@ -129,3 +129,23 @@ def test_claims_default_to_the_selection_metric_and_may_name_another(tmp_path: P
                                                 {"kind": "better", "a": "s/mqsa", "b": "s/sasrec", "metric": "test/ndcg@10"}])["claims"]
     assert default["metric"] == "test/ndcg@20" and default["status"] == "holds"
     assert named["status"] == "fails" and named["difference"] == pytest.approx(-0.01)
+
+
+def test_the_tables_carry_their_datasets_baselines_and_flag_rows_below_them(tmp_path: Path) -> None:
+    from recsys.bench.accuracy import SuiteRun, markdown, summarise
+
+    out = tmp_path / "out"
+    for name, auc in (("t/strong", 0.80), ("t/weak", 0.70)):
+        for seed in (1, 2):
+            _fake_run(out, name, seed, {"auc": auc, "logloss": 0.5})
+            payload = {"version": 1, "task": "ctr", "dataset": "d", "data_fingerprint": "f00d",
+                       "baselines": [{"model": "baseline: constant", "val": {"auc": 0.5, "logloss": 0.69}, "test": {"auc": 0.5, "logloss": 0.69}},
+                                     {"model": "baseline: u+i rate", "val": {"auc": 0.75, "logloss": 0.6}, "test": {"auc": 0.74, "logloss": 0.6}}]}
+            (out / "runs" / name / f"seed-{seed}" / "baselines.json").write_text(json.dumps(payload))
+    summary = summarise(out, [SuiteRun("t/strong", None), SuiteRun("t/weak", None)], [1, 2], [])
+    assert [b["model"] for b in summary["baselines"]["t"]] == ["baseline: constant", "baseline: u+i rate"]  # once, not per seed
+    rows = {r["name"]: r for r in summary["rows"]}
+    assert rows["t/weak"]["below_baseline"] == "baseline: u+i rate" and rows["t/strong"]["below_baseline"] is None
+    table = markdown(summary)
+    assert "| baseline: u+i rate | — | 0.7500 | 0.7400 |" in table
+    assert "| weak | 2 |" in table and table.count("BELOW BASELINE (baseline: u+i rate)") == 1

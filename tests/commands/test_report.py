@@ -78,8 +78,8 @@ def test_next_item_runs_rank_on_their_own_metric_and_min_mode_ranks_low_first(tm
     table = markdown(frame)
     beauty = table.split("## beauty")[1].split("## ")[0]
     header = beauty.strip().splitlines()[0]
-    assert header.index("val_ndcg@20") < header.index("test_ndcg@20") < header.index("test_ndcg@10")
-    assert "val_auc" not in beauty  # a column no run of the dataset has is left out
+    assert header.index("val NDCG@20") < header.index("test NDCG@20") < header.index("test NDCG@10")
+    assert "val AUC" not in beauty  # a column no run of the dataset has is left out
 
 
 def test_leaderboard_ranks_on_validation_flags_test_selection_and_shows_reference_delta(tmp_path) -> None:
@@ -135,3 +135,44 @@ def test_varying_settings_names_only_what_differs() -> None:
     b["config"] = {"model": {"dim": 10}, "task": {"learning_rate": 3e-3}, "seed": 1}
     a["path"], b["path"] = "a", "b"
     assert varying_settings([a, b]) == {"a": "task.learning_rate=0.001", "b": "task.learning_rate=0.003"}
+
+
+def _baselines(dataset: str, fingerprint: str, constant: float, rate: float, synthetic: bool = False) -> dict:
+    def scores(auc: float) -> dict:
+        return {"auc": auc, "logloss": 0.5, "gauc": auc}
+
+    return {"version": 1, "task": "ctr", "dataset": dataset, "data_fingerprint": fingerprint, "synthetic_data": synthetic,
+            "baselines": [{"name": "constant", "model": "baseline: constant", "val": scores(constant), "test": scores(constant)},
+                          {"name": "target rate", "model": "baseline: user+item rate", "description": "rates",
+                           "val": scores(rate), "test": scores(rate - 0.01)}]}
+
+
+def test_baselines_are_rows_of_their_dataset_and_a_run_below_them_is_flagged(tmp_path) -> None:
+    for model, val in (("deepfm", 0.95), ("lr", 0.90)):
+        run = _write(tmp_path / "runs", model, {**_metrics(model, val, val), "data_fingerprint": "abcdef0123"})
+        (run / "baselines.json").write_text(json.dumps(_baselines("frappe_x1", "abcdef0123", 0.5, 0.93)))
+    frame, _ = report(tmp_path / "runs", tmp_path / "out", reference=None)
+    assert frame["model"].to_list() == ["deepfm", "baseline: user+item rate", "lr", "baseline: constant"]
+    assert frame["rank"].to_list() == [1, None, 2, None]  # baselines are placed, not ranked
+    assert frame["baseline"].to_list() == [False, True, False, True]
+    table = markdown(frame)
+    lr_row = next(line for line in table.splitlines() if line.startswith("| 2 | lr "))
+    deepfm_row = next(line for line in table.splitlines() if line.startswith("| 1 | deepfm "))
+    assert "BELOW BASELINE (baseline: user+item rate: val AUC 0.9300)" in lr_row and "BELOW" not in deepfm_row
+    assert "|  | baseline: constant | 0.5000 |" in table
+    header = table.split("## frappe_x1")[1].strip().splitlines()[0]
+    # test gAUC: the baselines have it, although these runs do not
+    assert header.startswith("| rank | model | val AUC | test AUC | val logloss | val gAUC | test logloss | test gAUC | params | train s |")
+    assert "latency" not in header and "published" not in header  # no run has them
+    assert "SYNTHETIC" not in table
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("<tr class=baseline>") == 2 and "BELOW BASELINE" in page
+    assert "<th>val logloss</th>" in page and "class='banner'" not in page
+
+
+def test_synthetic_runs_put_a_banner_on_top(tmp_path) -> None:
+    _write(tmp_path / "runs", "fm", {**_metrics("fm", 0.7, 0.7), "synthetic_data": True})
+    frame, _ = report(tmp_path / "runs", tmp_path / "out", reference=None)
+    assert markdown(frame).startswith("> **SYNTHETIC DATA")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.index("class='banner'") < page.index("<h1>")

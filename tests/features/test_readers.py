@@ -58,3 +58,17 @@ def test_criteo_sample_numeric_and_categorical_with_missing_values(real_file) ->
     assert all(pipe.schema[c].vocab_size >= 2 for c in cats)
     assert (out["C1"] == 1).sum() < 1000  # some values are known, some fall back to OOV
     assert out.select(pl.col(ints).is_nan().any()).sum_horizontal().item() == 0
+
+
+def test_schema_overrides_take_type_names_as_a_yaml_config_gives_them(tmp_path) -> None:
+    """`reader: {schema_overrides: {zip: String}}` keeps a zip code's leading zero (inferred, it is an integer)."""
+    import pytest
+
+    from recsys.features import FeatureError, scan_table
+
+    path = tmp_path / "rows.csv"
+    path.write_text("zip,label\n01234,1\n98765,0\n")
+    assert scan_table(path).collect()["zip"].to_list() == [1234, 98765]
+    assert scan_table(path, schema_overrides={"zip": "String"}).collect()["zip"].to_list() == ["01234", "98765"]
+    with pytest.raises(FeatureError, match="column 'zip' names 'Text', which is not a Polars type"):
+        scan_table(path, schema_overrides={"zip": "Text"})

@@ -156,3 +156,16 @@ def test_parity_tolerates_a_tie_broken_the_other_way_and_still_refuses_a_score_o
 
     with pytest.raises(ExportError, match=r"scores differ between ONNX Runtime and PyTorch by 0.0001"):
         parity(_FixedScores(scores), _Session(scores, [3], 1e-4), rows)
+
+
+def test_the_export_command_prints_one_summary_line(tiny_runs, tmp_path) -> None:
+    """Issue #13, item 6: no line per merged initializer or folded node, no torchvision notes."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "recsys.commands.cli", "export", f"run_dir={tiny_runs('fm')}", f"out={tmp_path / 'fm'}"],
+                          capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("exported fm (") and len(proc.stdout.strip().splitlines()) == 1, proc.stdout
+    assert "Replaced initializer" not in proc.stderr and "torchvision" not in proc.stderr and "constant folding" not in proc.stderr, proc.stderr
