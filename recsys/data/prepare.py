@@ -51,6 +51,8 @@ def _file_identity(path: Path, cache_dir: Path) -> dict[str, Any]:
     still exports today; an edited file refits. The digest is memoised per (path, size, mtime), so a
     large file is read once, not at every run."""
     path = path.resolve()
+    if path.is_dir():  # a partitioned table (Spark's and the Criteo-shaped generator's `<split>.parquet/part-*`)
+        return {"name": path.name, "parts": [_file_identity(p, cache_dir) for p in sorted(path.rglob("*")) if p.is_file()]}
     stat = path.stat()
     memo = cache_dir / "file-digests" / f"{_digest([str(path), stat.st_size, stat.st_mtime_ns])}.json"
     if memo.exists():
@@ -90,11 +92,7 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
     synthetic = bool(data_cfg.get("synthetic"))
     cache_dir = Path(cache_dir)
     if synthetic:
-        from recsys.data.synthetic import GENERATOR_VERSION, write_synthetic_ctr
-
-        raw_dir = cache_dir / "raw" / f"synthetic-{_digest({**data_cfg['synthetic'], 'generator': GENERATOR_VERSION})}"
-        write_synthetic_ctr(raw_dir, **dict(data_cfg["synthetic"]))
-        data_cfg["root"] = str(raw_dir)
+        data_cfg["root"] = str(_write_synthetic(dict(data_cfg["synthetic"]), cache_dir))
     elif data_cfg.get("recipe"):
         data_cfg["root"] = str(materialise_recipe(data_cfg, cache_dir))
     files = resolve_files(data_cfg)
@@ -121,6 +119,23 @@ def prepare_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Prepa
         (tmp / "fingerprint.json").write_text(json.dumps(key, indent=2))
         (tmp / "DONE").touch()
     return prepared
+
+
+def _write_synthetic(options: dict[str, Any], cache_dir: Path) -> Path:
+    """Write a config's synthetic raw splits under the cache, once per settings: `kind: ctr` (the default,
+    recsys/data/synthetic.py) or `kind: criteo` (recsys/data/criteo_synthetic.py)."""
+    kind = options.pop("kind", "ctr")
+    if kind == "criteo":
+        from recsys.data.criteo_synthetic import CRITEO_GENERATOR_VERSION, write_criteo_synthetic
+
+        raw_dir = cache_dir / "raw" / f"criteo-synthetic-{_digest({**options, 'generator': CRITEO_GENERATOR_VERSION})}"
+        return write_criteo_synthetic(raw_dir, **options)
+    if kind != "ctr":
+        raise ValueError(f"data.synthetic.kind must be 'ctr' or 'criteo', got {kind!r}")
+    from recsys.data.synthetic import GENERATOR_VERSION, write_synthetic_ctr
+
+    raw_dir = cache_dir / "raw" / f"synthetic-{_digest({**options, 'generator': GENERATOR_VERSION})}"
+    return write_synthetic_ctr(raw_dir, **options)
 
 
 def materialise_recipe(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> Path:
@@ -153,6 +168,6 @@ def check_labels(frame: pl.LazyFrame, schema: Schema, split: str) -> None:
     label = schema.label
     if label is None or label.name not in frame.collect_schema().names():
         return
-    bad = frame.select(pl.col(label.name).is_nan().sum()).collect().item()
+    bad = frame.select(pl.col(label.name).is_nan().sum()).collect(engine="streaming").item()
     if bad:
         raise FeatureError(f"split {split!r}: {bad} rows have a label other than 0 or 1 in column {label.source!r}")
