@@ -5,6 +5,7 @@
     recsys bench sequence     SDIM / DIN-long / DARE speed over history lengths        (sequence.py)
     recsys bench accuracy     a suite of experiments over seeds, and its claims        (accuracy.py)
     recsys bench serve        the HTTP endpoint under load, ONNX Runtime vs PyTorch   (serve.py)
+    recsys bench streaming    fit, transform and training loader at 10M-100M rows    (streaming.py)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 # Each benchmark module has add_parser(subparsers), which sets `fn` for its command.
-BENCHMARKS = ("zoo", "throughput", "sequence", "accuracy", "serve")
+BENCHMARKS = ("zoo", "throughput", "sequence", "accuracy", "serve", "streaming")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@
     recsys export run_dir=DIR out=DIR     ONNX export of a run, with a parity check against PyTorch
     recsys serve EXPORT_DIR [...]         the HTTP scoring endpoint (ONNX Runtime; --backend torch to compare)
     recsys bench serve --run NAME=DIR     load benchmark of the endpoint, ONNX against PyTorch eager
+    recsys bench streaming [...]          feature fit, transform and training loader at 10M-100M rows, flat memory
 """
 
 from __future__ import annotations
