@@ -306,8 +306,9 @@ class FeaturePipeline:
         x = pl.col(f.source).cast(pl.Float64, strict=False).fill_null(s["fill"]).fill_nan(s["fill"])
         if f.buckets:
             bounds = s["boundaries"]
-            # Bucket i holds (bounds[i-1], bounds[i]]; ids start after padding and out-of-vocabulary.
-            position = pl.lit(pl.Series(bounds, dtype=pl.Float64)).search_sorted(x, side="left")
+            # Bucket i holds (bounds[i-1], bounds[i]]: i is how many bounds lie below x. Counted with one
+            # comparison per bound, row by row, which streams (search_sorted held the whole column).
+            position = pl.sum_horizontal([x > b for b in bounds]) if bounds else pl.lit(0)
             return (position.cast(pl.Int64) + OOV_ID + 1).fill_null(OOV_ID)
         return normalise(x, f, lambda v: v.sign() * v.abs().log1p()).cast(pl.Float32)
 

@@ -380,7 +380,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--eval-batch-size", type=int, default=16384)
     p.add_argument("--block-rows", type=int, default=1 << 18, help="rows per block of the disk order")
-    p.add_argument("--model", default="deepfm")
+    p.add_argument("--model", default="fm", help="the model trained in the comparison: a light one (FM) leaves the loader the most of each step to show")
     p.add_argument("--train-steps", type=int, default=400, help="training steps per contender and turn")
     p.add_argument("--warmup-steps", type=int, default=20, help="steps left out of each turn's timing")
     p.add_argument("--turns", type=int, default=3)
