@@ -62,7 +62,7 @@ def _to_disk(name: str, tensor: torch.Tensor, dtype: np.dtype, split: str, first
 
 
 def write_split_arrays(parquet: str | Path, schema: Schema, target: str | Path, split: str,
-                       chunk_rows: int = 1_000_000, progress: bool = True) -> Path:
+                       chunk_rows: int = 1 << 18, progress: bool = True) -> Path:
     """Write `target` (a folder) from a transformed split's Parquet, `chunk_rows` rows at a time. If another
     process finished the same folder first, its copy is kept and ours discarded."""
     from tqdm.auto import tqdm
@@ -79,7 +79,10 @@ def write_split_arrays(parquet: str | Path, schema: Schema, target: str | Path, 
         handles, shapes = {}, {}
         written = 0
         bar = tqdm(total=n_rows, desc=f"arrays {split}", unit="row", unit_scale=True, disable=not progress)
-        for chunk in scan.collect_batches(chunk_size=chunk_rows, engine="streaming"):
+        # One query per chunk (the reader skips the row groups before it): `collect_batches` reads ahead
+        # of a slow consumer without bound, so its memory grew with the rows.
+        for offset in range(0, n_rows, chunk_rows):
+            chunk = scan.slice(offset, chunk_rows).collect(engine="streaming")
             batch = frame_to_batch(chunk, schema)
             for name in dtypes:
                 tensor = getattr(batch, name)
