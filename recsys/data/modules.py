@@ -125,14 +125,20 @@ class CTRDataModule(L.LightningDataModule):
         return {"rank": trainer.global_rank, "world_size": trainer.world_size}
 
     def source(self, split: str, batch_size: int, *, shuffle: bool) -> BatchSource:
-        """The batch source of one split for this process, from this run's storage."""
+        """The batch source of one split for this process, from this run's storage. A training source
+        starts at the trainer's epoch, so a run resumed from a checkpoint draws the orders it would have."""
         storage = self.resolve_storage()
         if storage == "memory":
             block_rows = self.block_rows if self.resolved_order == "blocks" else None
-            return BatchIterator(self.load(split), batch_size, shuffle=shuffle, seed=self.seed, block_rows=block_rows,
-                                 **self._shard())
-        return DiskSource(self.load_arrays(split), batch_size, shuffle=shuffle, seed=self.seed,
-                          block_rows=self.block_rows, **self._shard())
+            source: BatchSource = BatchIterator(self.load(split), batch_size, shuffle=shuffle, seed=self.seed,
+                                                block_rows=block_rows, **self._shard())
+        else:
+            source = DiskSource(self.load_arrays(split), batch_size, shuffle=shuffle, seed=self.seed,
+                                block_rows=self.block_rows, **self._shard())
+        trainer = getattr(self, "trainer", None)
+        if shuffle and trainer is not None:
+            source.set_epoch(trainer.current_epoch)
+        return source
 
     def train_dataloader(self) -> BatchSource:
         return self.source("train", self.batch_size, shuffle=True)

@@ -57,6 +57,21 @@ def test_every_row_exactly_once_per_epoch_and_the_seed_fixes_the_order(disk_modu
     assert np.array_equal(rows_of(list(resumed)), rows_of(epochs[1]))
 
 
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_a_resumed_run_starts_at_its_epoch_order(row_dataset, storage) -> None:  # noqa: ANN001
+    dm = CTRDataModule(row_dataset, batch_size=128, seed=7, storage=storage, block_rows=300)
+    dm.setup()
+    fresh = dm.train_dataloader()
+    orders = [rows_of(list(fresh)) for _ in range(3)]
+
+    class Trainer:  # what a trainer restored at the end of epoch 2 reports
+        current_epoch = 2
+        world_size = 1
+
+    dm.trainer = Trainer()
+    assert np.array_equal(rows_of(list(dm.train_dataloader())), orders[2])
+
+
 def test_memory_and_disk_give_the_same_batches_for_the_same_order(row_dataset, disk_module) -> None:  # noqa: ANN001
     memory = CTRDataModule(row_dataset, batch_size=128, eval_batch_size=100, seed=7, storage="memory", order="blocks",
                            block_rows=300)
