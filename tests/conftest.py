@@ -11,6 +11,12 @@ import polars as pl
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Triton reads TRITON_INTERPRET when it is first imported and decorates its own library functions then;
+    # Lightning imports it, so a test module that imports Lightning before tests/kernels sets the variable
+    # would leave the SDIM kernels calling compiled helpers on CPU. Set it before any test module loads.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def _data_dir() -> Path | None:
     root = os.environ.get("RECSYS_DATA_DIR")
