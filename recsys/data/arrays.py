@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,29 +77,28 @@ def write_split_arrays(parquet: str | Path, schema: Schema, target: str | Path, 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        handles, shapes = {}, {}
+        shapes: dict[str, tuple[int, ...]] = {}
         written = 0
-        bar = tqdm(total=n_rows, desc=f"arrays {split}", unit="row", unit_scale=True, disable=not progress)
-        # One query per chunk (the reader skips the row groups before it): `collect_batches` reads ahead
-        # of a slow consumer without bound, so its memory grew with the rows.
-        for offset in range(0, n_rows, chunk_rows):
-            chunk = scan.slice(offset, chunk_rows).collect(engine="streaming")
-            batch = frame_to_batch(chunk, schema)
-            for name in dtypes:
-                tensor = getattr(batch, name)
-                if tensor is None:
-                    raise FeatureError(f"split {split!r}: the Parquet has no column for the {name} field")
-                if name not in handles:
-                    shapes[name] = (n_rows, *tensor.shape[1:])
-                    handles[name] = (tmp / f"{name}.npy").open("wb")
-                    np.lib.format.write_array_header_1_0(handles[name], {
-                        "descr": np.lib.format.dtype_to_descr(dtypes[name]), "fortran_order": False, "shape": shapes[name]})
-                handles[name].write(_to_disk(name, tensor, dtypes[name], split, written).tobytes())
-            written += len(batch)
-            bar.update(len(batch))
-        bar.close()
-        for handle in handles.values():
-            handle.close()
+        with ExitStack() as files, tqdm(total=n_rows, desc=f"arrays {split}", unit="row", unit_scale=True,
+                                        disable=not progress) as bar:
+            handles = {}
+            # One query per chunk (the reader skips the row groups before it): `collect_batches` reads ahead
+            # of a slow consumer without bound, so its memory grew with the rows.
+            for offset in range(0, n_rows, chunk_rows):
+                batch = frame_to_batch(scan.slice(offset, chunk_rows).collect(engine="streaming"), schema)
+                for name in dtypes:
+                    tensor = getattr(batch, name)
+                    if tensor is None:
+                        raise FeatureError(f"split {split!r}: the Parquet has no column for the {name} field")
+                    if name not in handles:
+                        shapes[name] = (n_rows, *tensor.shape[1:])
+                        handles[name] = files.enter_context((tmp / f"{name}.npy").open("wb"))
+                        np.lib.format.write_array_header_1_0(handles[name], {
+                            "descr": np.lib.format.dtype_to_descr(dtypes[name]), "fortran_order": False,
+                            "shape": shapes[name]})
+                    handles[name].write(_to_disk(name, tensor, dtypes[name], split, written).tobytes())
+                written += len(batch)
+                bar.update(len(batch))
         if written != n_rows:
             raise FeatureError(f"split {split!r}: read {written} rows from {parquet}, its metadata says {n_rows}")
         manifest = {"version": ARRAYS_VERSION, "rows": n_rows, "schema": schema.fingerprint(), "source": str(parquet),

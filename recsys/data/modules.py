@@ -11,6 +11,7 @@ import polars as pl
 import pytorch_lightning as L
 
 from recsys.batch import Batch
+from recsys.data.arrays import SplitArrays, write_split_arrays
 from recsys.data.batches import BatchIterator, frame_to_batch
 from recsys.data.prepare import SPLITS, PreparedData
 from recsys.data.sources import DEFAULT_BLOCK_ROWS, BatchSource, DiskSource
@@ -63,7 +64,7 @@ class CTRDataModule(L.LightningDataModule):
         self.storage, self.order, self.block_rows, self.memory_limit_gb = storage, order, block_rows, memory_limit_gb
         self.schema = prepared.schema()
         self.splits: dict[str, Batch] = {}
-        self.arrays: dict = {}
+        self.arrays: dict[str, SplitArrays] = {}
         self.resolved_storage: str | None = None
 
     # ------------------------------------------------------------------ storage
@@ -92,10 +93,8 @@ class CTRDataModule(L.LightningDataModule):
     def arrays_dir(self, split: str) -> Path:
         return self.prepared.directory / "arrays" / split
 
-    def load_arrays(self, split: str):  # noqa: ANN201 - SplitArrays
+    def load_arrays(self, split: str) -> SplitArrays:
         """The split's fixed-width arrays, written from its Parquet on first use."""
-        from recsys.data.arrays import SplitArrays, write_split_arrays
-
         if split not in self.arrays:
             path = self.arrays_dir(split)
             write_split_arrays(self.prepared.split_path(split), self.schema, path, split)

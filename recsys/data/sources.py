@@ -185,16 +185,17 @@ class DiskSource(BatchSource):
 
         pieces = self._pieces(self.order(epoch))
         if self.prefetch > 0:
-            pieces = prefetched(pieces, self.prefetch)
-        current: dict[str, torch.Tensor] | None = None
-        cursor = 0
+            pieces = ReadAhead(pieces, self.prefetch)
+        current: dict[str, torch.Tensor] = {}
+        cursor = length = 0  # within the current piece
         try:
             for size in self.sizes.tolist():
                 parts = []
                 while size > 0:
-                    if current is None or cursor == len(next(iter(current.values()))):
+                    if cursor == length:
                         current, cursor = next(pieces), 0
-                    take = min(size, len(next(iter(current.values()))) - cursor)
+                        length = len(next(iter(current.values())))
+                    take = min(size, length - cursor)
                     parts.append({k: t[cursor:cursor + take] for k, t in current.items()})
                     cursor += take
                     size -= take
@@ -208,7 +209,7 @@ class DiskSource(BatchSource):
                 close()
 
 
-class prefetched:  # noqa: N801 - used like a generator function
+class ReadAhead:
     """Iterate `source` in a background thread, `depth` items ahead. Closing (or dropping) the consumer
     stops the thread; an error in the thread is raised in the consumer."""
 
@@ -238,7 +239,7 @@ class prefetched:  # noqa: N801 - used like a generator function
         except BaseException as err:  # handed to the consumer
             self._put(err)
 
-    def __iter__(self) -> prefetched:
+    def __iter__(self) -> ReadAhead:
         return self
 
     def __next__(self):  # noqa: ANN204
