@@ -164,17 +164,25 @@ class SplitArrays:
     def row_bytes(self) -> int:
         return sum(c.row_bytes for c in self.columns.values())
 
-    def read(self, start: int, stop: int) -> dict[str, torch.Tensor]:
-        """Rows [start, stop) of every group, in their on-disk dtypes."""
+    def empty(self, rows: int) -> dict[str, torch.Tensor]:
+        """Uninitialised buffers for `rows` rows of every group, in their on-disk dtypes."""
+        return {name: torch.from_numpy(np.empty((rows, *c.row_shape), dtype=c.dtype)) for name, c in self.columns.items()}
+
+    def read(self, start: int, stop: int, out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Rows [start, stop) of every group, in their on-disk dtypes: into the first rows of `out` (buffers
+        from `empty`, reused so that a read costs no new pages) or into new buffers."""
         if not 0 <= start <= stop <= self.n_rows:
             raise IndexError(f"rows [{start}, {stop}) outside a split of {self.n_rows} rows ({self.directory})")
-        out = {}
+        out = self.empty(stop - start) if out is None else out
+        rows = {}
         for name, col in self.columns.items():
-            buffer = np.empty((stop - start, *col.row_shape), dtype=col.dtype)
+            if out[name].shape[0] < stop - start:
+                raise ValueError(f"a buffer of {out[name].shape[0]} rows cannot hold rows [{start}, {stop})")
+            buffer = out[name][: stop - start]
+            rows[name] = buffer
             if col.row_bytes == 0:  # a group the schema leaves empty (no dense or no sequence fields)
-                out[name] = torch.from_numpy(buffer)
                 continue
-            view = memoryview(buffer).cast("B")
+            view = memoryview(buffer.numpy()).cast("B")
             fd = os.open(col.path, os.O_RDONLY)
             try:
                 done, offset = 0, col.offset + start * col.row_bytes
@@ -185,11 +193,11 @@ class SplitArrays:
                     done += got
             finally:
                 os.close(fd)
-            out[name] = torch.from_numpy(buffer)
-        return out
+        return rows
 
 
 def to_batch(rows: dict[str, torch.Tensor]) -> Batch:
-    """On-disk dtypes -> the Batch contract's (int64 ids, float32 dense and labels)."""
-    cast = {name: t.to(BATCH_DTYPES[name]) for name, t in rows.items()}
+    """On-disk dtypes -> the Batch contract's (int64 ids, float32 dense and labels), in new tensors."""
+    # Always a copy, even where the dtypes agree: the rows may sit in a buffer that is about to be refilled.
+    cast = {name: t.to(BATCH_DTYPES[name], copy=True) for name, t in rows.items()}
     return Batch(cast["sparse"], cast["dense"], cast["seq"], cast.get("label"), cast.get("group"))

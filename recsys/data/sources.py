@@ -166,58 +166,103 @@ class DiskSource(BatchSource):
     def order(self, epoch: int) -> BlockOrder:
         return BlockOrder(self.n_rows, self.block_rows, self.seed, epoch, shuffle=self.shuffle)
 
-    def _pieces(self, order: BlockOrder) -> Iterator[dict[str, torch.Tensor]]:
-        """This process's stretch of the order as consecutive pieces (one per block), rows ordered."""
+    def _pieces(self, order: BlockOrder, pool: _BufferPool) -> Iterator[tuple[dict[str, torch.Tensor], dict]]:
+        """This process's stretch of the order as consecutive pieces (one per block, rows ordered), each in
+        a buffer set of `pool` that the consumer gives back when done with it."""
+        # Where a block is read before its rows are put in order (this thread only, block after block).
+        staging = self.arrays.empty(self.block_rows) if order.shuffle else None
         for p in order.positions(self.start, self.stop):
             first, last = order.block_range(p)
-            rows = self.arrays.read(first, last)
-            within = torch.from_numpy(order.within(p))
             lo = max(self.start - int(order.offsets[p]), 0)
             hi = min(self.stop - int(order.offsets[p]), last - first)
-            index = within[lo:hi]
+            buffers = pool.take()
+            if buffers is None:  # the consumer stopped
+                return
             if order.shuffle:
-                yield {k: t.index_select(0, index) for k, t in rows.items()}
+                rows = self.arrays.read(first, last, out=staging)
+                index = torch.from_numpy(order.within(p))[lo:hi]
+                piece = {k: torch.index_select(t, 0, index, out=buffers[k][: hi - lo]) for k, t in rows.items()}
             else:
-                yield {k: t[lo:hi] for k, t in rows.items()}
+                piece = self.arrays.read(first + lo, first + hi, out=buffers)
+            yield piece, buffers
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
         from recsys.data.arrays import to_batch
 
-        pieces = self._pieces(self.order(epoch))
+        # Blocks in flight: read ahead, waiting in the queue, being read from, and one a batch spans into.
+        stop = threading.Event()
+        pool = _BufferPool(lambda: self.arrays.empty(self.block_rows), self.prefetch + 3, stop)
+        pieces: Iterator = self._pieces(self.order(epoch), pool)
         if self.prefetch > 0:
-            pieces = ReadAhead(pieces, self.prefetch)
+            pieces = ReadAhead(pieces, self.prefetch, stop)
         current: dict[str, torch.Tensor] = {}
+        done: list[dict] = []  # buffer sets read to the end, given back once the batch is copied out
         cursor = length = 0  # within the current piece
         try:
             for size in self.sizes.tolist():
                 parts = []
                 while size > 0:
                     if cursor == length:
-                        current, cursor = next(pieces), 0
-                        length = len(next(iter(current.values())))
+                        current, buffers = next(pieces)
+                        done.append(buffers)
+                        cursor, length = 0, len(next(iter(current.values())))
                     take = min(size, length - cursor)
                     parts.append({k: t[cursor:cursor + take] for k, t in current.items()})
                     cursor += take
                     size -= take
                 if not parts:  # a global batch smaller than world_size leaves this process nothing
-                    parts.append({k: t[:0] for k, t in self.arrays.read(0, 0).items()})
+                    parts.append({k: t[:0] for k, t in self.arrays.empty(0).items()})
                 rows = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-                yield to_batch(rows)
+                batch = to_batch(rows)  # a copy: the buffers can be refilled
+                for buffers in done[:-1] if cursor < length else done:
+                    pool.give(buffers)
+                done = done[-1:] if cursor < length else []
+                yield batch
         finally:
+            stop.set()
             close = getattr(pieces, "close", None)
             if close is not None:
                 close()
 
 
+class _BufferPool:
+    """A fixed number of block-sized buffer sets, reused block after block: a fresh 40 MB array per block
+    costs its page faults again (more CPU than reading the block), and the allocator hands such sizes
+    back to the system at once."""
+
+    def __init__(self, make, size: int, stop: threading.Event):  # noqa: ANN001 - () -> dict of tensors
+        self._make, self._made, self._size, self._stop = make, 0, size, stop
+        self._free: queue.Queue = queue.Queue()
+
+    def take(self) -> dict | None:
+        """A free buffer set (made on first need, up to `size` of them), or None once `stop` is set."""
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        if self._made < self._size:
+            self._made += 1
+            return self._make()
+        while not self._stop.is_set():
+            try:
+                return self._free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def give(self, buffers: dict) -> None:
+        self._free.put(buffers)
+
+
 class ReadAhead:
-    """Iterate `source` in a background thread, `depth` items ahead. Closing (or dropping) the consumer
-    stops the thread; an error in the thread is raised in the consumer."""
+    """Iterate `source` in a background thread, `depth` items ahead. Closing (or dropping) the consumer, or
+    setting `stop`, stops the thread; an error in the thread is raised in the consumer."""
 
     _DONE = object()
 
-    def __init__(self, source: Iterator, depth: int):
+    def __init__(self, source: Iterator, depth: int, stop: threading.Event | None = None):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._thread = threading.Thread(target=self._run, args=(source,), daemon=True, name="recsys-prefetch")
         self._thread.start()
 

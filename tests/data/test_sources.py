@@ -99,9 +99,9 @@ def test_ranks_take_disjoint_shares_that_cover_the_split_and_read_only_their_blo
             self.__dict__.update(arrays.__dict__)
             self.rank = rank
 
-        def read(self, start: int, stop: int):  # noqa: ANN201
+        def read(self, start: int, stop: int, out=None):  # noqa: ANN001, ANN201
             reads.setdefault(self.rank, []).append((start, stop))
-            return super().read(start, stop)
+            return super().read(start, stop, out)
 
     sources = [DiskSource(Recording(r), 128, shuffle=True, seed=3, rank=r, world_size=world_size, block_rows=300, prefetch=0)
                for r in range(world_size)]
@@ -150,10 +150,10 @@ def test_the_read_ahead_thread_stops_with_its_consumer_and_passes_errors_on(disk
         def __init__(self):
             self.__dict__.update(disk_module.load_arrays("train").__dict__)
 
-        def read(self, start: int, stop: int):  # noqa: ANN201
+        def read(self, start: int, stop: int, out=None):  # noqa: ANN001, ANN201
             if start > 0:
                 raise OSError("disk gone")
-            return super().read(start, stop)
+            return super().read(start, stop, out)
 
     with pytest.raises(OSError, match="disk gone"):
         list(DiskSource(Failing(), 64, shuffle=False, block_rows=100))
