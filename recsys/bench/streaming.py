@@ -5,8 +5,8 @@
 1. Raw data, once (reused by later runs): Criteo-shaped Parquet parts for the largest size
    (recsys/data/criteo_synthetic.py). A smaller size is the first parts of it, which is exactly what the
    generator writes for that size.
-2. For each size, each step in a child process of its own, whose peak RSS the kernel counts for it
-   alone (`os.wait4`): the feature fit (streaming); the transform of train, valid and test to Parquet;
+2. For each size, each step in a child process of its own, whose peak RSS is its own high-water mark
+   (VmHWM): the feature fit (streaming); the transform of train, valid and test to Parquet;
    the fixed-width arrays beside it; one full pass of the training loader over the arrays (`DiskSource`,
    shuffled by blocks). A bare child (interpreter and libraries) gives the baseline. Sizes other than
    the training size are deleted once measured, unless --keep.
@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -55,16 +54,15 @@ def _label(rows: int) -> str:
 
 # ---------------------------------------------------------------------------------------------- children
 def _child(step: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Run one step in a fresh interpreter; its JSON result plus its wall time and peak RSS (that child
-    alone: `os.wait4` returns the kernel's resource usage of the one process it reaps)."""
+    """Run one step in a fresh interpreter; its JSON result plus its wall time and peak RSS. The peak is
+    the child's own VmHWM (the high-water mark of its address space, which starts afresh at exec):
+    `ru_maxrss`, from `getrusage` in the child or `wait4` here, starts from the parent's RSS at the fork,
+    so a child of a large driver would report the driver's size."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "recsys.bench.streaming", step, json.dumps(options)],
-                            stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    proc.stdout.close()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run([sys.executable, "-m", "recsys.bench.streaming", step, json.dumps(options)],
+                          stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
+    out = proc.stdout
     if proc.returncode != 0:
         raise RuntimeError(f"bench streaming: step {step} {options} failed with exit code {proc.returncode} "
                            "(its log is above)")
@@ -72,7 +70,7 @@ def _child(step: str, options: dict[str, Any]) -> dict[str, Any]:
     if not lines:
         raise RuntimeError(f"bench streaming: step {step} printed no result; its output ends with {out[-2000:]!r}")
     result = json.loads(lines[-1])
-    result.update(step=step, wall_s=wall, peak_rss_gib=usage.ru_maxrss * 1024 / GIB)
+    result.update(step=step, wall_s=wall, peak_rss_gib=result.pop("vm_hwm_gib"))
     return result
 
 
@@ -413,8 +411,17 @@ def _worker(argv: list[str]) -> None:
 
         torch.set_num_threads(options["threads"])
     result = STEPS[step](options)
-    result["self_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+    result["vm_hwm_gib"] = peak_rss_gib()
     print(json.dumps(result), flush=True)
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory since it started its program (VmHWM)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / GIB
+    raise RuntimeError("no VmHWM in /proc/self/status: bench streaming measures memory on Linux")
 
 
 if __name__ == "__main__":

@@ -9,11 +9,19 @@ import sys
 
 import pytest
 
-from recsys.bench.streaming import parse_rows, summarise
+from recsys.bench.streaming import _child, parse_rows, summarise
 
 
 def test_row_counts_read_with_units() -> None:
     assert [parse_rows(t) for t in ("10M", "30m", "250k", "1000", "1.5M")] == [10_000_000, 30_000_000, 250_000, 1000, 1_500_000]
+
+
+def test_a_step_reports_its_own_peak_memory_not_its_parents() -> None:
+    ballast = bytearray(700 * 2**20)  # this process is now 700 MiB bigger than the child will be
+    ballast[:: 4096] = b"\1" * len(ballast[:: 4096])
+    bare = _child("baseline", {})
+    assert 0.01 < bare["peak_rss_gib"] < 0.6  # a bare child with torch and polars: a few hundred MiB
+    del ballast
 
 
 def test_a_tiny_run_measures_every_step_per_size_and_compares_memory_with_disk(tmp_path) -> None:
@@ -27,13 +35,10 @@ def test_a_tiny_run_measures_every_step_per_size_and_compares_memory_with_disk(t
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "streaming.json").read_text())
     assert [s["rows"] for s in result["sizes"]] == [6_000, 12_000]
-    baseline = result["baseline"]["peak_rss_gib"]
     for size in result["sizes"]:
         assert size["loader"]["rows"] == size["rows"] == size["arrays"]["rows"]
         for step in ("fit", "transform", "arrays", "loader"):
-            # Each step's own child: above the bare interpreter, and the kernel's figure matches the child's own.
-            assert size[step]["peak_rss_gib"] >= baseline * 0.8
-            assert size[step]["peak_rss_gib"] == pytest.approx(size[step]["self_peak_rss_gib"], rel=0.01)
+            assert 0 < size[step]["peak_rss_gib"] < 4 and size[step]["seconds"] > 0
     assert not (tmp_path / "data" / "prepared-12000").exists()  # deleted once measured (no --keep)
     runs = result["train"]["runs"]
     assert [r["contender"] for r in runs] == ["memory (global order)", "memory (block order)", "disk (block order)"] * 2
