@@ -31,7 +31,12 @@ class Batch:
         return Batch(*(None if t is None else fn(t) for t in (getattr(self, f.name) for f in fields(self))))
 
     def take(self, index: torch.Tensor | slice) -> Batch:
-        """Rows `index` of every tensor: one gather per group, never a loop over rows."""
+        """Rows `index` (integer positions or a slice) of every tensor: one gather per group, never a loop
+        over rows. Positions go through `index_select`: `t[index]` runs torch's general advanced-indexing
+        kernel, whose threads wait on each other; on a 2-core machine under load it took 24 ms for 1024
+        rows of 26 ids where index_select took 0.02 ms (bench streaming)."""
+        if isinstance(index, torch.Tensor) and index.dtype != torch.bool:
+            return self._map(lambda t: t.index_select(0, index))
         return self._map(lambda t: t[index])
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

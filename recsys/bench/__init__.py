@@ -7,6 +7,7 @@
     recsys bench serve        the HTTP endpoint under load, ONNX Runtime vs PyTorch   (serve.py)
     recsys bench next-item    our SASRec against RecBole's, same split, size, eval      (next_item.py)
     recsys bench retrieval    exact vs approximate top-K over a large catalogue         (retrieval.py)
+    recsys bench streaming    fit, transform and training loader at 10M-100M rows    (streaming.py)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 # Each benchmark module has add_parser(subparsers), which sets `fn` for its command.
-BENCHMARKS = ("zoo", "throughput", "sequence", "accuracy", "serve", "next_item", "retrieval")
+BENCHMARKS = ("zoo", "throughput", "sequence", "accuracy", "serve", "next_item", "retrieval", "streaming")
 
 
 def parser() -> argparse.ArgumentParser:

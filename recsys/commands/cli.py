@@ -10,6 +10,9 @@
     recsys export run_dir=DIR out=DIR     ONNX export of a run, with a parity check against PyTorch
     recsys serve EXPORT_DIR [...]         the HTTP scoring endpoint (ONNX Runtime; --backend torch to compare)
     recsys bench serve --run NAME=DIR     load benchmark of the endpoint, ONNX against PyTorch eager
+    recsys bench next-item --peer-python  our SASRec against RecBole's, same split, size and evaluation
+    recsys bench retrieval [--serve]      exact vs approximate top-K over 1M items; /v1/recommend latency
+    recsys bench streaming [...]          feature fit, transform and training loader at 10M-100M rows, flat memory
 
 A user error (a bad config, bad data, a run that cannot be exported, a training loss that stops being
 finite) prints one line, `recsys COMMAND: what went wrong`, and exits 1. `--debug` anywhere on the line,

@@ -14,6 +14,7 @@ import polars as pl
 import torch
 
 from recsys.batch import Batch
+from recsys.data.sources import BatchSource, BlockOrder
 from recsys.features import FeatureError, Schema
 
 
@@ -46,30 +47,32 @@ def frame_to_batch(frame: pl.DataFrame, schema: Schema) -> Batch:
     return Batch(sparse, dense, seq, label, group, target)
 
 
-class BatchIterator:
-    """Batches of a whole-split Batch by index slices. Shuffled with its own generator, reseeded per epoch
-    from (seed, epoch) so a resumed run sees the same order.
+class BatchIterator(BatchSource):
+    """Batches of a whole-split Batch by index slices: the in-memory `BatchSource`. Shuffled with its own
+    generator, reseeded per epoch from (seed, epoch) so a resumed run sees the same order: a permutation
+    of all rows, or with `block_rows` the `BlockOrder` a `DiskSource` reads in (the same batches as from
+    disk).
 
     Under data parallelism (world_size > 1) every process draws the same global batches and keeps its
     share of each (rows rank, rank + world_size, ...), so the global batch, and the averaged gradient,
     match a single-process run with the same batch_size."""
 
     def __init__(self, data: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
-        self.data, self.batch_size, self.shuffle, self.seed, self.drop_last = data, batch_size, shuffle, seed, drop_last
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+                 rank: int = 0, world_size: int = 1, block_rows: int | None = None):
+        super().__init__(len(data), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank,
+                         world_size=world_size)
+        self.data, self.block_rows = data, block_rows
 
-    def __len__(self) -> int:
-        n = len(self.data)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+    def order(self, epoch: int) -> torch.Tensor:
+        if self.block_rows:
+            return torch.from_numpy(BlockOrder(len(self.data), self.block_rows, self.seed, epoch).rows())
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.data), generator=generator)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def _batches(self, epoch: int) -> Iterator[Batch]:
         n = len(self.data)
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=generator)
-        self.epoch += 1
+            order = self.order(epoch)
         for i in range(len(self)):
             start = i * self.batch_size
             stop = min(start + self.batch_size, n)

@@ -3,17 +3,33 @@ contract, whatever storage feeds it."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import NamedTuple
+
 import numpy as np
 import polars as pl
 import pytorch_lightning as L
 import torch
 
-from typing import NamedTuple
-
 from recsys.batch import Batch
+from recsys.data.arrays import SplitArrays, write_split_arrays
 from recsys.data.batches import BatchIterator, frame_to_batch
 from recsys.data.prepare import SPLITS, PreparedData
-from recsys.features import FeatureError, FeaturePipeline
+from recsys.data.sources import DEFAULT_BLOCK_ROWS, BatchSource, DiskSource
+from recsys.features import FeatureError, FeaturePipeline, Schema
+
+log = logging.getLogger(__name__)
+STORAGES = ("auto", "memory", "disk")
+ORDERS = ("auto", "global", "blocks")
+GIB = 1 << 30
+
+
+def tensor_bytes_per_row(schema: Schema) -> int:
+    """What one row takes as whole-split Batch tensors (int64 ids, float32 dense and label)."""
+    seq = sum(f.max_len or 0 for f in schema.sequence)
+    return (8 * len(schema.sparse) + 4 * len(schema.dense) + 8 * seq + (4 if schema.label is not None else 0)
+            + (8 if schema.group is not None else 0))
 
 
 class CSRMatrix(NamedTuple):
@@ -51,41 +67,124 @@ class SplitsDataModule(L.LightningDataModule):
             return {}
         return {"rank": trainer.global_rank, "world_size": trainer.world_size}
 
-    def train_dataloader(self) -> BatchIterator:
-        return BatchIterator(self.load("train"), self.batch_size, shuffle=True, seed=self.seed, **self._shard())
+    def source(self, split: str, batch_size: int, *, shuffle: bool) -> BatchSource:
+        """The batch source of one split for this process. A training source starts at the trainer's epoch,
+        so a run resumed from a checkpoint draws the orders it would have."""
+        source: BatchSource = BatchIterator(self.load(split), batch_size, shuffle=shuffle, seed=self.seed, **self._shard())
+        return self._at_epoch(source) if shuffle else source
 
-    def val_dataloader(self) -> BatchIterator:
-        return BatchIterator(self.load("valid"), self.eval_batch_size, shuffle=False, **self._shard())
+    def _at_epoch(self, source: BatchSource) -> BatchSource:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            source.set_epoch(trainer.current_epoch)
+        return source
 
-    def test_dataloader(self) -> BatchIterator:
-        return BatchIterator(self.load("test"), self.eval_batch_size, shuffle=False, **self._shard())
+    def train_dataloader(self) -> BatchSource:
+        return self.source("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> BatchSource:
+        return self.source("valid", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> BatchSource:
+        return self.source("test", self.eval_batch_size, shuffle=False)
 
 
 class CTRDataModule(SplitsDataModule):
-    """One row per impression: the split's columns as whole-split tensors, batches by index slices.
+    """One row per impression, from one of two storages (a `BatchSource` each, recsys/data/sources.py):
+
+    - memory: the split's columns as whole-split tensors, batches by index slices (`BatchIterator`);
+    - disk: the split's fixed-width arrays beside its Parquet (written on first use, recsys/data/arrays.py),
+      read block by block in a seeded block order (`DiskSource`): memory stays flat whatever the size.
 
     Args:
         prepared: the fitted and transformed dataset (`recsys.data.prepare_dataset`).
         batch_size: training batch (the global batch under data parallelism).
         eval_batch_size: validation and test batch.
         seed: the training order's seed (each epoch reseeds from (seed, epoch)).
+        storage: "memory", "disk", or "auto": memory when every split as tensors takes at most
+            `memory_limit_gb`, else disk. The choice is logged when the data is set up.
+        order: the training order: "global" (a permutation of all rows; memory only), "blocks" (blocks of
+            `block_rows` rows in a seeded order, a seeded order inside each; what disk reads), or "auto"
+            (global in memory, blocks on disk).
+        block_rows: rows per block of the block order.
+        memory_limit_gb: the size up to which "auto" keeps the splits in memory.
     """
 
-    def __init__(self, prepared: PreparedData, batch_size: int = 4096, eval_batch_size: int = 16384, seed: int = 0):
+    def __init__(self, prepared: PreparedData, batch_size: int = 4096, eval_batch_size: int = 16384, seed: int = 0,
+                 storage: str = "auto", order: str = "auto", block_rows: int = DEFAULT_BLOCK_ROWS,
+                 memory_limit_gb: float = 4.0):
         super().__init__()
+        if storage not in STORAGES:
+            raise ValueError(f"data.storage must be one of {STORAGES}, got {storage!r}")
+        if order not in ORDERS:
+            raise ValueError(f"data.order must be one of {ORDERS}, got {order!r}")
         self.prepared = prepared
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.storage, self.order, self.block_rows, self.memory_limit_gb = storage, order, block_rows, memory_limit_gb
         self.schema = prepared.schema()
         self.splits: dict[str, Batch] = {}
+        self.arrays: dict[str, SplitArrays] = {}
+        self.resolved_storage: str | None = None
+
+    # ------------------------------------------------------------------ storage
+    def split_rows(self) -> dict[str, int]:
+        return {s: pl.scan_parquet(self.prepared.split_path(s)).select(pl.len()).collect().item() for s in SPLITS}
+
+    def resolve_storage(self) -> str:
+        """Where this run's splits live ("memory" or "disk"), decided once and logged."""
+        if self.resolved_storage is None:
+            rows = sum(self.split_rows().values())
+            size_gb = rows * tensor_bytes_per_row(self.schema) / GIB
+            if self.storage == "auto":
+                choice = "memory" if size_gb <= self.memory_limit_gb else "disk"
+                why = f"auto: the splits take {size_gb:.2f} GiB as tensors, limit data.memory_limit_gb={self.memory_limit_gb:g}"
+            else:
+                choice, why = self.storage, f"data.storage={self.storage}; the splits take {size_gb:.2f} GiB as tensors"
+            order = self.order if self.order != "auto" else ("global" if choice == "memory" else "blocks")
+            if choice == "disk" and order == "global":
+                raise ValueError("data.order=global needs data.storage=memory: from disk the order is by blocks "
+                                 "(data.order=blocks, data.block_rows sets their size)")
+            self.resolved_storage, self.resolved_order = choice, order
+            block = f" of {self.block_rows:,} rows" if order == "blocks" else ""
+            log.info("data storage: %s (%s); training order: %s%s; %s rows", choice, why, order, block, f"{rows:,}")
+        return self.resolved_storage
+
+    def arrays_dir(self, split: str) -> Path:
+        return self.prepared.directory / "arrays" / split
+
+    def load_arrays(self, split: str) -> SplitArrays:
+        """The split's fixed-width arrays, written from its Parquet on first use."""
+        if split not in self.arrays:
+            path = self.arrays_dir(split)
+            write_split_arrays(self.prepared.split_path(split), self.schema, path, split)
+            self.arrays[split] = SplitArrays(path, self.schema)
+        return self.arrays[split]
 
     def load(self, split: str) -> Batch:
+        """The whole split as tensors (the memory storage)."""
         if split not in self.splits:
             self.splits[split] = frame_to_batch(pl.read_parquet(self.prepared.split_path(split)), self.schema)
         return self.splits[split]
 
+    def setup(self, stage: str | None = None) -> None:
+        storage = self.resolve_storage()
+        for split in SPLITS:
+            self.load(split) if storage == "memory" else self.load_arrays(split)
+
     def row_counts(self) -> dict[str, np.ndarray]:
         """Training occurrence counts per vocabulary table, from the fitted feature artifacts."""
         return FeaturePipeline.load(self.prepared.features_dir).row_counts()
+
+    def source(self, split: str, batch_size: int, *, shuffle: bool) -> BatchSource:
+        """The batch source of one split for this process, from this run's storage."""
+        if self.resolve_storage() == "memory":
+            block_rows = self.block_rows if self.resolved_order == "blocks" else None
+            source: BatchSource = BatchIterator(self.load(split), batch_size, shuffle=shuffle, seed=self.seed,
+                                                block_rows=block_rows, **self._shard())
+        else:
+            source = DiskSource(self.load_arrays(split), batch_size, shuffle=shuffle, seed=self.seed,
+                                block_rows=self.block_rows, **self._shard())
+        return self._at_epoch(source) if shuffle else source
 
 
 class NextItemDataModule(SplitsDataModule):

@@ -57,6 +57,8 @@ def _file_identity(path: Path, cache_dir: Path) -> dict[str, Any]:
     still exports today; an edited file refits. The digest is memoised per (path, size, mtime), so a
     large file is read once, not at every run."""
     path = path.resolve()
+    if path.is_dir():  # a partitioned table (Spark's and the Criteo-shaped generator's `<split>.parquet/part-*`)
+        return {"name": path.name, "parts": [_file_identity(p, cache_dir) for p in sorted(path.rglob("*")) if p.is_file()]}
     stat = path.stat()
     memo = cache_dir / "file-digests" / f"{_digest([str(path), stat.st_size, stat.st_mtime_ns])}.json"
     if memo.exists():
@@ -92,15 +94,19 @@ def raw_dataset(data_cfg: Mapping[str, Any], cache_dir: str | Path) -> dict[str,
     data_cfg = dict(data_cfg)
     cache_dir = Path(cache_dir)
     if data_cfg.get("synthetic"):
+        from recsys.data.criteo_synthetic import CRITEO_GENERATOR_VERSION, write_criteo_synthetic
         from recsys.data.synthetic import GENERATOR_VERSION, write_synthetic_ctr, write_synthetic_sequences
 
         settings = dict(data_cfg["synthetic"])
-        writers = {"ctr": write_synthetic_ctr, "next_item": write_synthetic_sequences}
+        # ctr: the first run's set (synthetic.py); next_item: its sequential twin; criteo: the Criteo-shaped
+        # set of the streaming benchmark, at any size (criteo_synthetic.py).
+        writers = {"ctr": write_synthetic_ctr, "next_item": write_synthetic_sequences, "criteo": write_criteo_synthetic}
         kind = settings.pop("generator", "ctr")
         if kind not in writers:
             raise FeatureError(f"dataset {data_cfg['name']!r}: unknown synthetic generator {kind!r}; expected one of {sorted(writers)}")
-        key = {**settings, "generator": GENERATOR_VERSION} if kind == "ctr" else {**settings, "generator": f"{kind}-{GENERATOR_VERSION}"}
-        raw_dir = cache_dir / "raw" / f"synthetic-{_digest(key)}"
+        version = {"ctr": GENERATOR_VERSION, "next_item": f"next_item-{GENERATOR_VERSION}",
+                   "criteo": f"criteo-{CRITEO_GENERATOR_VERSION}"}[kind]
+        raw_dir = cache_dir / "raw" / f"synthetic-{_digest({**settings, 'generator': version})}"
         writers[kind](raw_dir, **settings)
         data_cfg["root"] = str(raw_dir)
     elif data_cfg.get("recipe"):

@@ -75,8 +75,9 @@ def test_inf_in_the_training_data_is_refused_before_training_in_one_line(tmp_pat
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    (["data=mydata"], "recsys train: no config 'mydata' in the group 'data' (known: amazon_beauty_din, frappe_x1, ml100k_long, "
-                      "s3rec_next_item, synthetic, synthetic_next_item); for a config of your own, pass the folder that holds "
+    (["data=mydata"], "recsys train: no config 'mydata' in the group 'data' (known: "
+                      + ", ".join(sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "data").glob("*.yaml")))
+                      + "); for a config of your own, pass the folder that holds "
                       "data/mydata.yaml: recsys train --config-dir DIR data=mydata (docs/data.md)"),
     (["+model.foo=1", *TINY], "recsys train: model recsys.models.finalmlp.FinalMLP: unknown setting(s) ['foo'] for FinalMLP"),
 ], ids=["missing-config", "unknown-model-setting"])
