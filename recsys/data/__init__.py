@@ -7,8 +7,8 @@
 """
 
 from recsys.data.batches import BatchIterator, frame_to_batch
-from recsys.data.modules import CTRDataModule
+from recsys.data.modules import CTRDataModule, PairedBatches, SearchDataModule
 from recsys.data.prepare import SPLITS, PreparedData, check_labels, prepare_dataset
 
-__all__ = ["SPLITS", "BatchIterator", "CTRDataModule", "PreparedData", "check_labels", "frame_to_batch",
-           "prepare_dataset"]
+__all__ = ["SPLITS", "BatchIterator", "CTRDataModule", "PairedBatches", "PreparedData", "SearchDataModule",
+           "check_labels", "frame_to_batch", "prepare_dataset"]
