@@ -14,8 +14,11 @@ and the official OptInter code steps its architecture on the training batch (one
 its epoch on the test set. Here the test split takes no part: the data module never loads it and the
 test step refuses.
 
-Every epoch ends with a validation pass; the best epoch by the monitored metric (validation AUC, as for
-the CTR task) is selected, and its architecture is written to `architecture.json` in the run folder.
+Every epoch ends with a validation pass; the best *search* epoch by the monitored metric (validation AUC,
+as for the CTR task) is selected, and its architecture is written to `architecture.json` in the run
+folder. Warm-up epochs are never selected: when the search starts, early stopping, the checkpoint and the
+LR plateau start afresh, so a warm start that scored better than every search epoch cannot hand over its
+untouched architecture (DNIS's gates all at 1).
 metrics.json of a search records `task: "search"`, its validation metrics and the architecture summary,
 and no test metrics: the retrain is the result.
 """
@@ -69,6 +72,24 @@ class SearchTask(CTRTask):
     def searching(self) -> bool:
         """Whether this epoch steps the architecture (after the warm-up epochs)."""
         return self.current_epoch >= self.hparams.warmup_epochs
+
+    def on_train_epoch_start(self) -> None:
+        if self.hparams.warmup_epochs and self.current_epoch == self.hparams.warmup_epochs:
+            restart_selection(self.trainer)
+
+    def record_epoch(self, metrics: dict[str, float]) -> None:
+        super().record_epoch({**metrics, "searching": float(self.searching)})
+
+    def best_epoch(self) -> dict[str, float] | None:
+        """The best search epoch (warm-up epochs are not candidates)."""
+        searched = [h for h in self.history if h.get("searching")]
+        if not searched:
+            return super().best_epoch()
+        history, self.history = self.history, searched
+        try:
+            return super().best_epoch()
+        finally:
+            self.history = history
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -142,3 +163,26 @@ class SearchTask(CTRTask):
                                                                    "reduction", "mean_dims", "mean_dims_per_block",
                                                                    "retrained_pair_parameters")}
         return {"architecture": {"file": ARCHITECTURE_FILE, "summary": summary}}
+
+
+def restart_selection(trainer) -> None:  # noqa: ANN001 - a Lightning Trainer
+    """Forget what early stopping, checkpoint selection and the LR plateau saw so far (the warm-up), so the
+    search's epochs are compared among themselves only. A warm-up checkpoint is deleted, so the first
+    search epoch's takes its file name."""
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, EarlyStopping):
+            callback.wait_count = 0
+            callback.best_score = torch.tensor(float("inf") if callback.monitor_op == torch.lt else float("-inf"))
+        elif isinstance(callback, ModelCheckpoint):
+            for path in list(callback.best_k_models):
+                trainer.strategy.remove_checkpoint(path)
+            callback.best_k_models = {}
+            callback.kth_best_model_path = callback.best_model_path = ""
+            callback.best_model_score = None
+            callback.kth_value = torch.tensor(float("inf") if callback.mode == "min" else float("-inf"))
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.best, scheduler.num_bad_epochs = scheduler.mode_worse, 0

@@ -185,3 +185,26 @@ def test_a_search_space_is_only_searched_and_a_retrained_model_never_is(small_sy
     with pytest.raises(ArchitectureError, match="only its search space"):
         retrained.derive_architecture()
     assert isinstance(CTRTask(retrained), CTRTask)
+
+
+def test_warm_up_epochs_are_never_the_selected_search_state(tmp_path) -> None:
+    """DNIS warms up one epoch with its gates at 1, then a search that wrecks the gates (a huge L1 and
+    step size close every gate at once): the warm-up scores better, but only search epochs are candidates,
+    so the selected state and the architecture are the search's, not the untouched warm start."""
+    from recsys.commands.train import train
+
+    out = tmp_path / "search"
+    cfg = compose_train_config([*TINY["dnis"], "model.l1=100.0", "task=search", "task.warmup_epochs=1",
+                                "task.architecture_optimizer=sgd", "task.architecture_learning_rate=10.0",
+                                "data=synthetic", "data.synthetic.n_train=1500", "data.synthetic.n_valid=500",
+                                "data.synthetic.n_test=500", "data.batch_size=256", "trainer.max_epochs=2",
+                                "trainer.enable_progress_bar=false", f"paths.cache_dir={tmp_path / 'cache'}",
+                                f"paths.output_dir={out}"])
+    metrics = train(cfg, out)
+    warm, searched = metrics["history"]
+    assert (warm["searching"], searched["searching"]) == (0.0, 1.0)
+    assert warm["auc"] > searched["auc"]  # the wrecked search is worse, and still the one selected
+    assert metrics["best_epoch"] == 1 and metrics["val"]["auc"] == pytest.approx(searched["auc"], abs=1e-6)
+    architecture = json.loads((out / "architecture.json").read_text())
+    assert min(min(row) for row in architecture["gates"]) == 0.0  # the warm start's gates were all 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt"]
