@@ -37,7 +37,8 @@ class TrainThroughput(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-        self.samples += len(batch)
+        # A search's batch is a (training, validation) pair: the training rows are what it trained on.
+        self.samples += len(batch[0]) if isinstance(batch, tuple) else len(batch)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is not None and not trainer.sanity_checking:
