@@ -84,7 +84,7 @@ class DNIS(Searchable, nn.Module):
         self.base = model_class(base)(schema, **dict(base_params or {}))
         if not isinstance(getattr(self.base, "embedding", None), FeatureEmbedding):
             raise ValueError(f"DNIS needs a base model whose shared embedding layer is its `embedding`; {base} has none")
-        self.group_key = self.embedding._single_group(table_set).key
+        self.group_key = self.embedding.table_group(table_set).key
         self.width = self.embedding.groups[table_set][0].dim
         self.searching = architecture is None
         if self.searching:

@@ -183,8 +183,8 @@ class OptInter(Searchable, nn.Module):
     def pair_parameters(self, pairs: Mapping[str, str]) -> dict[str, int]:
         """Parameters the pairs of an architecture cost once retrained, counted from the cross set's rows per
         pair and the factor set's rows per field (naive pairs cost nothing)."""
-        cross_rows = self.embedding.table_rows.get(f"cross__{self.pair_dim}", {})
-        factor_rows = self.embedding.table_rows.get(f"factor__{self.pair_dim}", {})
+        rows = {name: self.embedding.table_rows[groups[0].key] for name, groups in self.embedding.groups.items()}
+        cross_rows, factor_rows = rows.get("cross", {}), rows.get("factor", {})
         memorised = sum(cross_rows[n][1] for n, m in pairs.items() if m == "memorise")
         # Fields that share a vocabulary share its factor rows, so count each table once.
         factor_tables = {self.vocab_keys[f] for n, m in pairs.items() if m == "factorise" for f in n.split("*")}

@@ -357,7 +357,8 @@ class FeatureEmbedding(nn.Module):
         """Fused rows of a group (the vocabulary tables it holds, one after the other)."""
         return sum(size for _, size in self.table_rows[key].values())
 
-    def _single_group(self, table_set: str) -> _Group:
+    def table_group(self, table_set: str) -> _Group:
+        """The one group (one width, one fused table) of a table set whose dimensions may be gated or packed."""
         groups = self.groups.get(table_set)
         if groups is None:
             raise ValueError(f"no table set {table_set!r}; the sets are {sorted(self.groups)}")
@@ -370,7 +371,7 @@ class FeatureEmbedding(nn.Module):
         multiplies every looked-up row of block `row_block[row]` (fused rows, see `table_rows`). Returns
         the weight; the row -> block map is a persistent buffer, so a checkpoint carries both. Dense
         fields' vectors are not gated."""
-        group = self._single_group(table_set)
+        group = self.table_group(table_set)
         if group.key in self.kept_dims:
             raise ValueError(f"table set {table_set!r} is packed (keep_dims): it has no dimensions left to gate")
         rows = self.group_rows(group.key)
@@ -383,7 +384,7 @@ class FeatureEmbedding(nn.Module):
 
     def set_row_blocks(self, table_set: str, row_block: torch.Tensor) -> None:
         """Reassign the rows of a gated set to blocks (the gates stay as they are)."""
-        group = self._single_group(table_set)
+        group = self.table_group(table_set)
         buffer = self._get(group, "row_block")
         row_block = torch.as_tensor(row_block, dtype=torch.long)
         if row_block.shape != buffer.shape or int(row_block.max()) >= self.dim_gates[group.key].shape[0] or int(row_block.min()) < 0:
@@ -395,7 +396,7 @@ class FeatureEmbedding(nn.Module):
         ranges that cover each of the set's tables' ids [0, rows) in order, without gaps. Only the kept
         entries become parameters (freshly initialised, as the layer initialises every table; padding
         rows zero); lookups scatter them into the set's width, dropped dimensions reading 0."""
-        group = self._single_group(table_set)
+        group = self.table_group(table_set)
         if group.key in self.dim_gates or group.key in self.kept_dims:
             raise ValueError(f"table set {table_set!r} is already gated or packed")
         width = group.dim
