@@ -221,3 +221,22 @@ def test_a_dnis_architecture_of_another_base_or_width_is_refused(small_synthetic
     write_architecture(path, {**space.derive_architecture(), "embedding_dim": 8})
     with pytest.raises(ArchitectureError, match="searched with embedding_dim=8, but this model has embedding_dim=6"):
         _dnis(datamodule, architecture=str(path))
+
+
+@pytest.mark.parametrize("base", ["fm", "finalmlp"])
+def test_dnis_searches_and_retrains_other_zoo_models(small_synthetic, base, tmp_path) -> None:
+    _, datamodule = small_synthetic
+    cfg = compose_train_config(["model=dnis", f"model.base={base}", "+model.base_params={embedding_dim: 6}"])
+    space = build_model(cfg.model, datamodule.schema)
+    space.set_row_counts(datamodule.row_counts())
+    batch = next(iter(datamodule.train_dataloader()))
+    assert space(batch).shape == (len(batch),)
+    path = tmp_path / "architecture.json"
+    write_architecture(path, space.derive_architecture())
+    cfg.model.architecture = str(path)
+    retrained = build_model(cfg.model, datamodule.schema)
+    assert retrained.embedding.weights[retrained.group_key].numel() == round(0.5 * space.dense_entries())
+    out = retrained(batch)
+    assert out.shape == (len(batch),) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert retrained.embedding.weights[retrained.group_key].grad.abs().sum() > 0
