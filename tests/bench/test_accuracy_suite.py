@@ -163,8 +163,7 @@ def test_a_search_entry_searches_then_retrains_its_architecture_and_resumes_at_t
     suite = _suite(tmp_path, [
         {"name": "synthetic/optinter", "overrides": ["model=optinter", *tiny],
          "search": {"overrides": ["model=optinter", "task=search", *tiny]}},
-        {"name": "synthetic/optinter_m", "overrides": ["model=optinter_m", *tiny]},
-    ], [{"kind": "at_most", "a": "synthetic/optinter", "b": "synthetic/optinter_m", "metric": "num_parameters"}])
+    ], [])
     out = tmp_path / "out"
     done = _bench("--suite", str(suite), "--seeds", "1", "--out", str(out), *SMALL, cache=tmp_path / "cache")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -180,13 +179,13 @@ def test_a_search_entry_searches_then_retrains_its_architecture_and_resumes_at_t
     pairs = json.loads(chosen.read_text())["pairs"]
     assert row["share/memorise"] == pytest.approx(sum(m == "memorise" for m in pairs.values()) / len(pairs), abs=1e-4)
     assert row["search_fit_seconds"] == pytest.approx(search["fit_seconds"])
-    assert summary["claims"][0]["status"] in ("holds", "fails")
+    assert row["num_parameters"] == retrain["num_parameters"]
     assert "search s" in (out / "accuracy.md").read_text() and "### Architectures" in (out / "accuracy.md").read_text()
 
     # Interrupted after its search: the rerun retrains from the same file and does not search again.
     (run / "metrics.json").unlink()
     search_stamp = (run / "search" / "metrics.json").stat().st_mtime_ns
     again = _bench("--suite", str(suite), "--seeds", "1", "--out", str(out), *SMALL, cache=tmp_path / "cache")
-    assert again.returncode == 0 and "1 runs already done, 1 to go" in again.stdout
+    assert again.returncode == 0 and "0 runs already done, 1 to go" in again.stdout
     assert (run / "search" / "metrics.json").stat().st_mtime_ns == search_stamp
     assert json.loads((run / "metrics.json").read_text())["architecture"]["sha256"] == retrain["architecture"]["sha256"]
