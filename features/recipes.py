@@ -10,6 +10,8 @@ the same settings and files give the same frames, row for row.
 - `ml100k_long`: every MovieLens-100K rating with the user's long rating history, split by global time.
 - `s3rec_next_item`: the S3-Rec sequences for next-item prediction, leave-one-out per user (MQSA-TED's
   protocol).
+- `movielens_1m_ctr`: every MovieLens-1M rating as a CTR sample (label = rating >= 4) with user and movie
+  attributes, split 8/1/1 at random with a seed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ AGE_GROUP_STARTS = np.array([0, 18, 25, 35, 45, 50, 56])
 ML100K_GENRES = 19
 # The global time split of ml100k_long: the first 80% of ratings train, the next 10% validate.
 ML100K_TRAIN_FRACTION, ML100K_VALID_FRACTION = 0.8, 0.1
+# The random split of movielens_1m_ctr: 80% train, 10% validation, 10% test.
+ML1M_TRAIN_FRACTION, ML1M_VALID_FRACTION = 0.8, 0.1
 
 
 class Recipe(NamedTuple):
@@ -246,12 +250,62 @@ def build_s3rec_next_item(sources: Mapping[str, Path], *, dataset: str) -> dict[
     events = read_s3rec_sequences(sources["sequences"])
     users = events.sort("user", "position").group_by("user", maintain_order=True).agg(pl.col("item").alias("items"))
     return leave_one_out(users, str(sources["sequences"]))
+# ---------------------------------------------------------------------------------------- movielens_1m_ctr
+def movielens_1m_ctr_sources(**_: Any) -> dict[str, str]:
+    return {"ratings": "movielens_1m/ratings_merged.csv.gz", "users": "movielens_1m/users.dat",
+            "movies": "movielens_1m/movies.dat"}
+
+
+def read_double_colon(path: Path, columns: list[str], encoding: str = "utf-8") -> pl.DataFrame:
+    """A MovieLens-1M `.dat` file (fields separated by "::", which no reader takes as a separator) as
+    string columns; an error names the file and line of a row with the wrong number of fields."""
+    lines = pl.Series("line", Path(path).read_bytes().decode(encoding).splitlines())
+    lines = lines.filter(lines.str.strip_chars() != "")
+    bad = (lines.str.count_matches("::", literal=True) != len(columns) - 1).arg_true()
+    if len(bad):
+        raise FeatureError(f"{path}: line {int(bad[0]) + 1} has not {len(columns)} fields separated by '::': {lines[int(bad[0])]!r}")
+    return lines.str.split_exact("::", len(columns) - 1).struct.rename_fields(columns).struct.unnest()
+
+
+def build_movielens_1m_ctr(sources: Mapping[str, Path], *, seed: int) -> dict[str, pl.DataFrame]:
+    """One sample per rating: label = rating >= 4; user, movie, the user's gender, age group, occupation and
+    zip code, and the movie's first listed genre (movies.dat lists them with '|'). Split at random with
+    `seed`: a permutation of all ratings (in the file's order), the first 80% train, the next 10%
+    validation, the rest test."""
+    ratings = pl.read_csv(sources["ratings"], schema_overrides={"user_id": pl.Int64, "movie_id": pl.Int64,
+                                                                 "rating": pl.Int64, "timestamp": pl.Int64})
+    missing = [c for c in ("user_id", "movie_id", "rating") if c not in ratings.columns]
+    if missing:
+        raise FeatureError(f"{sources['ratings']}: columns {missing} are missing (it has {ratings.columns})")
+    users = read_double_colon(sources["users"], ["user", "gender", "age", "occupation", "zip"]).with_columns(
+        pl.col("user").cast(pl.Int64))
+    # movies.dat is Latin-1 (README of the data folder).
+    movies = read_double_colon(sources["movies"], ["movie", "title", "genres"], encoding="latin-1").select(
+        pl.col("movie").cast(pl.Int64), pl.col("genres").str.split("|").list.first().alias("genre"))
+    frame = (
+        ratings.select(pl.col("user_id").alias("user"), pl.col("movie_id").alias("movie"),
+                       (pl.col("rating") >= 4).cast(pl.Int8).alias("label"))
+        .join(users, on="user", how="left", maintain_order="left")
+        .join(movies, on="movie", how="left", maintain_order="left")
+    )
+    for column, source in (("gender", "users"), ("genre", "movies")):
+        unknown = frame.filter(pl.col(column).is_null())
+        if unknown.height:
+            raise FeatureError(f"{sources[source]} has no entry for {unknown.height} rated ids, e.g. "
+                               f"{unknown.row(0, named=True)}")
+    order = np.random.default_rng(seed).permutation(frame.height)
+    train_end = round(frame.height * ML1M_TRAIN_FRACTION)
+    valid_end = round(frame.height * (ML1M_TRAIN_FRACTION + ML1M_VALID_FRACTION))
+    frame = frame.select("label", "user", "movie", "gender", "age", "occupation", "zip", "genre")
+    return {"train": frame[order[:train_end]], "valid": frame[order[train_end:valid_end]],
+            "test": frame[order[valid_end:]]}
 
 
 RECIPES: dict[str, Recipe] = {
     "amazon_din": Recipe(amazon_din_sources, build_amazon_din),
     "ml100k_long": Recipe(ml100k_long_sources, build_ml100k_long),
     "s3rec_next_item": Recipe(s3rec_next_item_sources, build_s3rec_next_item),
+    "movielens_1m_ctr": Recipe(movielens_1m_ctr_sources, build_movielens_1m_ctr),
 }
 
 

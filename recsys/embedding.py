@@ -6,20 +6,35 @@ and fields that name the same table share its rows. A layer holds one or more *n
 "attention" and "representation"); within a set, all tables of the same width are fused into one
 parameter with per-table row offsets, so looking up every sparse field is a single gather.
 
-Per-field widths (DNIS) are an option of the same layer: fields are grouped by width, each group is one
+Per-field widths are an option of the same layer: fields are grouped by width, each group is one
 fused table, and `flat()` puts the groups' outputs back into schema order with one index_select.
+
+Three more options serve the search-then-retrain models (docs/search.md):
+- *cross sets* (OptInter's memorised pairs): a named set whose "fields" are pairs of sparse fields; the
+  layer computes each pair's cross id from the two ids (exact when the product of the two vocabularies
+  fits the pair's rows, else the stable hash of `recsys.kernels.hashing`, which exports to ONNX), so
+  the Batch and the feature pipeline stay as they are, and all pairs are still one gather;
+- *dimension gates* (`gate_dims`, DNIS's search): one weight per (frequency block, dimension), multiplied
+  into every looked-up row of a set;
+- *kept dimensions* (`keep_dims`, DNIS's retrain): per (vocabulary table, contiguous row range), the
+  dimensions kept. Only the kept entries are stored (one flat parameter, the row-major concatenation of
+  the narrow [rows, kept dims] tables), and a lookup scatters them into the set's common width, so
+  FM-style models keep equal widths while the stored (and exported) table really shrinks.
+A layer without these options keeps the one-gather fast path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from recsys.batch import Batch
 from recsys.features.schema import FieldSpec, Schema
+from recsys.kernels.hashing import stable_hash
 
 DimSpec = int | Mapping[str, int]
 POOLINGS = ("mean", "sum")
@@ -34,6 +49,8 @@ class _Group:
     sparse_fields: tuple[str, ...]
     dense_fields: tuple[str, ...]
     seq_fields: tuple[str, ...]
+    # A cross set: pair names, in the order of their rows and outputs (no schema fields then).
+    cross_pairs: tuple[str, ...] = ()
 
 
 def _field_dim(spec: DimSpec, f: FieldSpec, use_schema_dims: bool) -> int | None:
@@ -64,6 +81,10 @@ class FeatureEmbedding(nn.Module):
         fields: only these fields (schema order is kept); default all feature fields.
         seq_pooling: how `forward` pools a sequence field ("mean" or "sum" over non-padding items).
         init_std: embeddings start as N(0, init_std^2); padding rows are zero.
+        crosses: {table set: [(field a, field b), ...]}: cross sets (see the module docstring). The set's
+            width is its `tables` entry (an int). A pair named "a*b" gets V_a * V_b rows (exact ids)
+            when that is at most `cross_buckets`, else `cross_buckets` hashed rows.
+        cross_buckets: the most rows one pair of a cross set may have.
     """
 
     def __init__(
@@ -75,12 +96,19 @@ class FeatureEmbedding(nn.Module):
         fields: Sequence[str] | None = None,
         seq_pooling: str = "mean",
         init_std: float = 1e-4,
+        crosses: Mapping[str, Sequence[Sequence[str]]] | None = None,
+        cross_buckets: int = 1 << 16,
     ):
         super().__init__()
         if seq_pooling not in POOLINGS:
             raise ValueError(f"seq_pooling must be one of {POOLINGS}, got {seq_pooling!r}")
         self.seq_pooling = seq_pooling
+        self.init_std = init_std
         self.table_specs = dict(tables) if tables else {"default": dim}
+        crosses = dict(crosses or {})
+        unknown_sets = set(crosses) - set(self.table_specs)
+        if unknown_sets:
+            raise ValueError(f"cross sets {sorted(unknown_sets)} need a width in `tables`")
         wanted = set(fields) if fields is not None else None
         if wanted is not None:
             unknown = wanted - {f.name for f in schema.feature_fields}
@@ -99,7 +127,14 @@ class FeatureEmbedding(nn.Module):
         self.table_rows: dict[str, dict[str, tuple[int, int]]] = {}  # group -> vocab table -> (first row, rows)
         self.groups: dict[str, list[_Group]] = {}
         self.field_dims: dict[str, dict[str, int]] = {}
+        # DNIS options (see gate_dims and keep_dims): gate weights per group, and the groups stored packed.
+        self.dim_gates = nn.ParameterDict()
+        self.kept_dims: dict[str, dict[str, list[tuple[int, int, tuple[int, ...]]]]] = {}
+        self._hashed_crosses: set[str] = set()
         for table_set, spec in self.table_specs.items():
+            if table_set in crosses:
+                self._add_cross_set(schema, table_set, spec, crosses[table_set], cross_buckets)
+                continue
             widths = {f.name: _field_dim(spec, f, table_set == "default") for f in selected}
             dims = {name: width for name, width in widths.items() if width is not None}
             if not dims:
@@ -152,6 +187,64 @@ class FeatureEmbedding(nn.Module):
                     order.extend(range(start[n], start[n] + dims[n]))
             self.register_buffer(f"{table_set}__flat_order", torch.tensor(order, dtype=torch.long), persistent=False)
 
+    def _add_cross_set(self, schema: Schema, table_set: str, width: DimSpec, pairs: Sequence[Sequence[str]],
+                       cross_buckets: int) -> None:
+        """A set of pair "fields": rows per pair, one fused table, and the buffers that turn two ids into
+        the pair's row (see `_cross_ids`)."""
+        if isinstance(width, Mapping):
+            raise ValueError(f"cross set {table_set!r} needs one int width, got {dict(width)}")
+        if cross_buckets < 1:
+            raise ValueError(f"cross_buckets must be >= 1, got {cross_buckets}")
+        sparse = {f.name: (i, f) for i, f in enumerate(schema.sparse)}
+        names, left, right, right_sizes, buckets, exact, offsets = [], [], [], [], [], [], []
+        rows = 0
+        for pair in pairs:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"cross set {table_set!r}: a pair names two different fields, got {list(pair)}")
+            missing = [n for n in pair if n not in sparse]
+            if missing:
+                raise ValueError(f"cross set {table_set!r}: {missing} are not sparse fields; they are {sorted(sparse)}")
+            (i, a), (j, b) = sparse[pair[0]], sparse[pair[1]]
+            product = int(a.vocab_size) * int(b.vocab_size)
+            size = min(product, cross_buckets)
+            names.append(f"{a.name}*{b.name}")
+            left.append(i)
+            right.append(j)
+            right_sizes.append(int(b.vocab_size))
+            buckets.append(size)
+            exact.append(product <= cross_buckets)
+            offsets.append(rows)
+            rows += size
+        if len(set(names)) != len(names):
+            raise ValueError(f"cross set {table_set!r} names a pair twice: {names}")
+        width = int(width)
+        group = _Group(key=f"{table_set}__{width}", dim=width, sparse_fields=(), dense_fields=(), seq_fields=(),
+                       cross_pairs=tuple(names))
+        self.field_dims[table_set] = {n: width for n in names}
+        self.table_rows[group.key] = {n: (o, b) for n, o, b in zip(names, offsets, buckets)}
+        self._buffer(group, "cross_left", left)
+        self._buffer(group, "cross_right", right)
+        self._buffer(group, "cross_right_sizes", right_sizes)
+        self._buffer(group, "cross_buckets", buckets)
+        self._buffer(group, "cross_offsets", offsets)
+        self.register_buffer(f"{group.key}__cross_exact", torch.tensor(exact, dtype=torch.bool), persistent=False)
+        if not all(exact):
+            self._hashed_crosses.add(group.key)
+        self.weights[group.key] = nn.Parameter(torch.randn(rows, width) * self.init_std)
+        self.groups[table_set] = [group]
+        self.register_buffer(f"{table_set}__flat_order", torch.arange(len(names) * width), persistent=False)
+
+    def _cross_ids(self, batch: Batch, group: _Group) -> torch.Tensor:
+        """[B, pairs] fused rows of the pairs' cross values: a * V_b + b where the pair's rows hold every
+        combination, else its stable hash modulo the pair's rows."""
+        a = batch.sparse.index_select(1, self._get(group, "cross_left"))
+        b = batch.sparse.index_select(1, self._get(group, "cross_right"))
+        cross = a * self._get(group, "cross_right_sizes") + b
+        if group.key in self._hashed_crosses:  # a static fact of the layer, never of the data
+            exact = self._get(group, "cross_exact")
+            cross = torch.where(exact, cross, stable_hash(cross) % self._get(group, "cross_buckets"))
+        return cross + self._get(group, "cross_offsets")
+
     def _buffer(self, group: _Group, name: str, values: list[int]) -> None:
         self.register_buffer(f"{group.key}__{name}", torch.tensor(values, dtype=torch.long), persistent=False)
 
@@ -184,13 +277,39 @@ class FeatureEmbedding(nn.Module):
         return sum(self.field_dims[table].values())
 
     # ------------------------------------------------------------------ lookups
+    def _rows(self, group: _Group, ids: torch.Tensor) -> torch.Tensor:
+        """[..., dim] embeddings of fused rows `ids`: one gather (the fast path), times the dimension gates
+        of the row's block when the group has them, or the packed kept entries (see `keep_dims`)."""
+        if group.key in self.kept_dims:
+            return self._packed_rows(group, ids)
+        emb = nn.functional.embedding(ids, self.weights[group.key])
+        if group.key in self.dim_gates:
+            emb = emb * self.dim_gates[group.key][self._get(group, "row_block")[ids]]
+        return emb
+
+    def _packed_rows(self, group: _Group, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of a packed group. Each block (a contiguous range of fused rows with one kept-dimension
+        set) stores its rows' kept entries row-major from `block_value_start`. A row's block is the number
+        of block starts at or below it (one comparison against the few block starts, so no Python loop
+        over blocks or rows, and no per-row index table that would cost as much as the entries saved);
+        `block_position[b, d]` is where dimension d sits among block b's kept dimensions, and
+        `block_mask[b, d]` zeroes the dimensions it dropped."""
+        entries, block = self._packed_entries(group, ids)
+        values = self.weights[group.key]
+        # A dropped dimension points at the row's first entry (clamped, so a block with no kept dims reads in
+        # range) and is masked to zero.
+        picked = values[entries.clamp(max=values.shape[0] - 1)]
+        return picked * self._get(group, "block_mask")[block]
+
     def _group_fields(self, batch: Batch, group: _Group, pooled_sequences: bool = True) -> torch.Tensor:
         """[B, fields of the group, dim]: sparse, then dense, then pooled sequence fields (unless
         `pooled_sequences` is False, for models that attend over the sequences instead)."""
+        if group.cross_pairs:
+            return self._rows(group, self._cross_ids(batch, group))
         parts = []
         if group.sparse_fields:
             ids = batch.sparse.index_select(1, self._get(group, "sparse_cols")) + self._get(group, "sparse_offsets")
-            parts.append(nn.functional.embedding(ids, self.weights[group.key]))
+            parts.append(self._rows(group, ids))
         if group.dense_fields:
             values = batch.dense.index_select(1, self._get(group, "dense_cols"))
             parts.append(values.unsqueeze(-1) * self.weights[group.key + "__dense"])
@@ -214,7 +333,8 @@ class FeatureEmbedding(nn.Module):
         shifted = ids + offsets.view(1, -1, 1)
         if by_position:
             shifted, mask = shifted.transpose(1, 2), mask.transpose(1, 2)
-        return nn.functional.embedding(shifted, self.weights[group.key]), mask.to(self.weights[group.key].dtype)
+        emb = self._rows(group, shifted)
+        return emb, mask.to(emb.dtype)
 
     def forward(self, batch: Batch, table: str = "default", *, pooled_sequences: bool = True) -> torch.Tensor:
         """Field embeddings [B, F, D] of a table set whose fields share one width D. With
@@ -242,6 +362,119 @@ class FeatureEmbedding(nn.Module):
             raise ValueError(f"sequence fields of table set {table!r} must share one width")
         return self._group_sequences(batch, groups[0], fields, by_position)
 
+    # ------------------------------------------------------------------ per-block dimensions (DNIS)
+    def group_rows(self, key: str) -> int:
+        """Fused rows of a group (the vocabulary tables it holds, one after the other)."""
+        return sum(size for _, size in self.table_rows[key].values())
+
+    def table_group(self, table_set: str) -> _Group:
+        """The one group (one width, one fused table) of a table set whose dimensions may be gated or packed."""
+        groups = self.groups.get(table_set)
+        if groups is None:
+            raise ValueError(f"no table set {table_set!r}; the sets are {sorted(self.groups)}")
+        if len(groups) != 1 or groups[0].cross_pairs or groups[0].key not in self.weights:
+            raise ValueError(f"table set {table_set!r} must hold one width of vocabulary tables to gate or pack its dimensions")
+        return groups[0]
+
+    def gate_dims(self, table_set: str, row_block: torch.Tensor, num_blocks: int) -> nn.Parameter:
+        """DNIS's soft selection layer on a table set: a weight per (block, dimension), initially 1, that
+        multiplies every looked-up row of block `row_block[row]` (fused rows, see `table_rows`). Returns
+        the weight; the row -> block map is a persistent buffer, so a checkpoint carries both. Dense
+        fields' vectors are not gated."""
+        group = self.table_group(table_set)
+        if group.key in self.kept_dims:
+            raise ValueError(f"table set {table_set!r} is packed (keep_dims): it has no dimensions left to gate")
+        rows = self.group_rows(group.key)
+        row_block = torch.as_tensor(row_block, dtype=torch.long)
+        if row_block.shape != (rows,) or (rows and (int(row_block.min()) < 0 or int(row_block.max()) >= num_blocks)):
+            raise ValueError(f"row_block must give each of the {rows} rows of {group.key!r} a block in [0, {num_blocks})")
+        self.register_buffer(f"{group.key}__row_block", row_block.clone(), persistent=True)
+        self.dim_gates[group.key] = nn.Parameter(torch.ones(num_blocks, group.dim))
+        return self.dim_gates[group.key]
+
+    def set_row_blocks(self, table_set: str, row_block: torch.Tensor) -> None:
+        """Reassign the rows of a gated set to blocks (the gates stay as they are)."""
+        group = self.table_group(table_set)
+        buffer = self._get(group, "row_block")
+        row_block = torch.as_tensor(row_block, dtype=torch.long)
+        if row_block.shape != buffer.shape or int(row_block.max()) >= self.dim_gates[group.key].shape[0] or int(row_block.min()) < 0:
+            raise ValueError(f"row_block must give each of the {buffer.shape[0]} rows a block in [0, {self.dim_gates[group.key].shape[0]})")
+        buffer.copy_(row_block)
+
+    def keep_dims(self, table_set: str, kept: Mapping[str, Sequence[Sequence[Any]]]) -> None:
+        """Store a table set packed: `kept` = {vocabulary table: [(first id, end id, [kept dims]), ...]},
+        ranges that cover each of the set's tables' ids [0, rows) in order, without gaps. Only the kept
+        entries become parameters (freshly initialised, as the layer initialises every table; padding
+        rows zero); lookups scatter them into the set's width, dropped dimensions reading 0."""
+        group = self.table_group(table_set)
+        if group.key in self.dim_gates or group.key in self.kept_dims:
+            raise ValueError(f"table set {table_set!r} is already gated or packed")
+        width = group.dim
+        tables = self.table_rows[group.key]
+        unknown = set(kept) - set(tables)
+        missing = set(tables) - set(kept)
+        if unknown or missing:
+            raise ValueError(f"kept dims of table set {table_set!r}: tables {sorted(missing)} are missing and "
+                             f"{sorted(unknown)} are not in the set (it holds {sorted(tables)})")
+        blocks: list[tuple[int, int, tuple[int, ...]]] = []  # fused rows
+        normalised: dict[str, list[tuple[int, int, tuple[int, ...]]]] = {}
+        for table, (offset, size) in tables.items():
+            cursor = 0
+            normalised[table] = []
+            for entry in kept[table]:
+                start, stop, dims = int(entry[0]), int(entry[1]), tuple(sorted(int(d) for d in entry[2]))
+                if start != cursor or stop <= start:
+                    raise ValueError(f"kept dims of table {table!r}: the range [{start}, {stop}) does not continue from "
+                                     f"row {cursor}; ranges must cover rows 0..{size} in order without gaps")
+                if len(set(dims)) != len(dims) or any(d < 0 or d >= width for d in dims):
+                    raise ValueError(f"kept dims of table {table!r}, rows [{start}, {stop}): dims {list(dims)} must be "
+                                     f"distinct and in [0, {width})")
+                blocks.append((offset + start, offset + stop, dims))
+                normalised[table].append((start, stop, dims))
+                cursor = stop
+            if cursor != size:
+                raise ValueError(f"kept dims of table {table!r} cover rows 0..{cursor}, but the table has {size} rows")
+        blocks.sort()
+        starts, value_starts, widths, positions, masks = [], [], [], [], []
+        total = 0
+        for start, stop, dims in blocks:
+            position = [0] * width
+            mask = [0.0] * width
+            for k, d in enumerate(dims):
+                position[d], mask[d] = k, 1.0
+            starts.append(start)
+            value_starts.append(total)
+            widths.append(len(dims))
+            positions.append(position)
+            masks.append(mask)
+            total += (stop - start) * len(dims)
+        self.kept_dims[group.key] = normalised
+        self._buffer(group, "block_start", starts)
+        self._buffer(group, "block_value_start", value_starts)
+        self._buffer(group, "block_width", widths)
+        self.register_buffer(f"{group.key}__block_position", torch.tensor(positions, dtype=torch.long), persistent=False)
+        self.register_buffer(f"{group.key}__block_mask", torch.tensor(masks), persistent=False)
+        if total == 0:
+            raise ValueError(f"kept dims of table set {table_set!r} keep no entry at all")
+        values = torch.randn(total) * self.init_std
+        pads = torch.tensor([offset for offset, _ in tables.values()], dtype=torch.long)
+        pad_entries, pad_blocks = self._packed_entries(group, pads)
+        values[pad_entries[self._get(group, "block_mask")[pad_blocks].bool()]] = 0.0  # padding rows start at zero
+        self.weights[group.key] = nn.Parameter(values)
+
+    def _packed_entries(self, group: _Group, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[..., dim] positions in the packed values of rows `ids` (for each dimension), and the rows'
+        blocks."""
+        starts = self._get(group, "block_start")
+        block = (ids.unsqueeze(-1) >= starts).sum(dim=-1) - 1
+        first = self._get(group, "block_value_start")[block] + (ids - starts[block]) * self._get(group, "block_width")[block]
+        return first.unsqueeze(-1) + self._get(group, "block_position")[block], block
+
+    def stored_entries(self, table_set: str) -> int:
+        """Embedding entries a table set stores (its parameters, dense field vectors included)."""
+        return sum(self.weights[k].numel() for g in self.groups[table_set] for k in (g.key, g.key + "__dense")
+                   if k in self.weights)
+
     # ------------------------------------------------------------------ regularisation
     def set_row_counts(self, counts: Mapping[str, torch.Tensor]) -> None:
         """Training-data occurrence counts per vocabulary table (index = id), for scope="mba". Kept as
@@ -250,7 +483,7 @@ class FeatureEmbedding(nn.Module):
             for g in groups:
                 if g.key not in self.weights:
                     continue
-                inverse = torch.ones(self.weights[g.key].shape[0])
+                inverse = torch.ones(self.group_rows(g.key))
                 for table, (start, size) in self.table_rows[g.key].items():
                     if table in counts:
                         n = torch.as_tensor(counts[table], dtype=torch.float32)[:size]
@@ -274,13 +507,17 @@ class FeatureEmbedding(nn.Module):
                     total = total + self.weights[g.key].pow(2).sum()
                 elif g.key in self.weights:
                     ids = []
+                    if g.cross_pairs:
+                        ids.append(self._cross_ids(batch, g).flatten())
                     if g.sparse_fields:
                         ids.append((batch.sparse.index_select(1, self._get(g, "sparse_cols")) + self._get(g, "sparse_offsets")).flatten())
                     if g.seq_fields:
                         seq = batch.seq.index_select(1, self._get(g, "seq_cols")) + self._get(g, "seq_offsets").view(1, -1, 1)
                         ids.append(seq.flatten())
                     rows = torch.unique(torch.cat(ids))
-                    squares = self.weights[g.key].index_select(0, rows).pow(2).sum(dim=1)
+                    # The stored entries of the rows (a packed group's dropped dimensions store nothing).
+                    stored = self._packed_rows(g, rows) if g.key in self.kept_dims else self.weights[g.key].index_select(0, rows)
+                    squares = stored.pow(2).sum(dim=1)
                     if scope == "mba":
                         inverse = getattr(self, f"{g.key}__inverse_count", None)
                         if inverse is None:

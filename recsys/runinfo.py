@@ -19,9 +19,25 @@ NON_IDENTIFYING_TRAINER = {"enable_progress_bar", "enable_model_summary", "log_e
 PACKAGES = ("recsys-zoo", "torch", "pytorch-lightning", "polars", "hydra-core", "numpy", "onnxruntime", "faiss-cpu")
 
 
+def _architecture_contents(node: Any) -> Any:
+    """`node` with every `architecture` value that names a file replaced by the file's SHA-256: a retrain
+    is identified by the architecture it trains, wherever its file lies (docs/search.md)."""
+    from recsys.search import file_digest, is_architecture_path
+
+    if isinstance(node, dict):
+        return {k: (f"sha256:{file_digest(v)}" if k == "architecture" and is_architecture_path(v) else _architecture_contents(v))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_architecture_contents(v) for v in node]
+    return node
+
+
 def run_id(config: dict[str, Any]) -> str:
-    """A short stable hash of the resolved config, ignoring output locations and display settings."""
+    """A short stable hash of the resolved config, ignoring output locations and display settings, with an
+    architecture file (model.architecture) by its contents, not its path."""
     cfg = json.loads(json.dumps(config, default=str))
+    if isinstance(cfg.get("model"), dict):
+        cfg["model"] = _architecture_contents(cfg["model"])
     for key in NON_IDENTIFYING:
         node, *rest = key.split(".")
         if not rest:

@@ -76,6 +76,9 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if not metrics_path.exists():
         raise RunError(f"{run_dir} is not a finished run folder: it has no metrics.json")
     metrics = json.loads(metrics_path.read_text())
+    if metrics.get("task") == "search":
+        raise RunError(f"{run_dir} is a search run: it chose an architecture, and only the model retrained from it "
+                       f"(model.architecture={run_dir}/architecture.json) is exported and served")
     if not metrics.get("checkpoint"):
         raise RunError(f"{metrics_path} names no checkpoint (the run kept none), so there are no weights to load")
     checkpoint = Path(metrics["checkpoint"])
@@ -83,6 +86,13 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if not checkpoint.exists():
         raise RunError(f"checkpoint {checkpoint} named by {metrics_path} does not exist")
     config = OmegaConf.create(metrics["config"])
+    architecture = (metrics.get("architecture") or {}).get("file")
+    if architecture and metrics.get("task") != "search":
+        # A retrained model is built from the architecture file its run copied (recsys.commands.train), not
+        # from the path its config named: that file may have moved or gone with the search run.
+        if not (run_dir / architecture).is_file():
+            raise RunError(f"{run_dir} was trained from the architecture file {architecture}, which is missing from it")
+        config.model.architecture = str(run_dir / architecture)
     pipeline = FeaturePipeline.load(run_dir / str(metrics.get("features") or "features"))
     model = build_model(config.model, pipeline.schema)
     # weights_only: the checkpoint is read as tensors and plain containers, never unpickled as objects.

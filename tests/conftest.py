@@ -98,6 +98,30 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+def initial_architecture(model_cfg: Any, schema: Any, row_counts: dict[str, Any], path: Path) -> list[str]:
+    """For a search-then-retrain model whose config has no architecture (OptInter, DNIS): build its search
+    space, derive the architecture its initial state gives (mixed choices: random OptInter logits, DNIS
+    pruning of random embeddings at the default budget), write it to `path` and return the override
+    that retrains it; [] for every other model. This is how the contract and export tests cover the
+    retrained models without running a search."""
+    from recsys.config import build_model
+    from recsys.search import write_architecture
+
+    if "architecture" not in model_cfg or model_cfg.architecture is not None:
+        return []
+    space = build_model(model_cfg, schema)
+    space.set_row_counts(row_counts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_architecture(path, space.derive_architecture())
+    return [f"model.architecture={path}"]
+
+
+@pytest.fixture(scope="session")
+def retrain_architecture():
+    """`initial_architecture`, for tests (conftest is not importable under --import-mode=importlib)."""
+    return initial_architecture
+
+
 # Tiny trained runs (one epoch of 8 steps each, at a high learning rate so that scores spread out: a
 # near-constant untrained model has so many near-ties that float32 rounding alone moves its AUC by 1e-6)
 # on the synthetic set, with 10,000 validation rows so that export parity runs at its full size.
@@ -121,12 +145,19 @@ class TinyRuns:
         if key not in self._runs:
             from recsys.commands.train import train
             from recsys.config import compose_train_config
+            from recsys.config import prepare_configured
+            from recsys.features import FeaturePipeline
             from recsys.models import model_class
 
             out = self.root / "runs" / key
             data = SERVING_NEXT_ITEM if hasattr(model_class(model), "item_vectors") else SERVING_SYNTHETIC
-            cfg = compose_train_config([f"model={model}", *data, f"seed={seed}",
-                                        f"paths.cache_dir={self.cache}", f"paths.output_dir={out}"])
+            overrides = [f"model={model}", *data, f"seed={seed}", f"paths.cache_dir={self.cache}", f"paths.output_dir={out}"]
+            cfg = compose_train_config(overrides)
+            if "architecture" in cfg.model and cfg.model.architecture is None:
+                prepared = prepare_configured(cfg)
+                overrides += initial_architecture(cfg.model, prepared.schema(), FeaturePipeline.load(prepared.features_dir).row_counts(),
+                                                  self.root / "architectures" / f"{key}.json")
+                cfg = compose_train_config(overrides)
             train(cfg, out)
             self._runs[key] = out
         return self._runs[key]

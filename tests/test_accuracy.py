@@ -72,3 +72,37 @@ def test_sasrec_learns_beauty_and_beats_most_popular(real_file, tmp_path) -> Non
     assert metrics["dataset"] == "s3rec_Beauty" and metrics["monitor"] == "val/ndcg@20"
     assert metrics["test"]["ndcg@10"] > 3 * popular["ndcg@10"], (metrics["test"], popular)
     assert metrics["test"]["hr@10"] > 2 * popular["hr@10"], (metrics["test"], popular)
+def test_optinter_search_on_movielens_1m_factorises_user_by_movie(real_file, tmp_path) -> None:
+    """An OptInter search on MovieLens-1M (one epoch over 120,000 training ratings, a small MLP). Every
+    rating is its own user x movie cross, so the memorised embedding of a held-out rating's cross was never
+    trained (hash collisions aside): on validation batches that pair is worth its factorised form, the
+    collaborative-filtering signal, while on training batches memorising it fits best. The bi-level search
+    factorises it. Stepping the architecture on training batches instead (the official one-level code)
+    memorises it, with weight 1.0, and a search whose architecture never moved would pick at random."""
+    import pytorch_lightning as L
+    import torch
+
+    from recsys.config import build_model, prepare_configured
+    from recsys.data import SearchDataModule
+    from recsys.tasks.search import SearchTask
+
+    real_file("movielens_1m/ratings_merged.csv.gz")
+    cfg = compose_train_config([
+        "experiment=optinter_search_movielens_1m", f"paths.cache_dir={tmp_path / 'cache'}", "model.hidden_units=[64]",
+        "model.embedding_dim=8", "model.pair_dim=8", "model.dropout=0.0", "model.temperature_decay=0.02",
+    ])
+    data = SearchDataModule(prepare_configured(cfg), batch_size=2048, eval_batch_size=20_000, seed=1)
+    data.setup()
+    data.splits["train"] = data.load("train").take(slice(0, 120_000))
+    data.splits["valid"] = data.load("valid").take(slice(0, 30_000))
+    model = build_model(cfg.model, data.schema)
+    task = SearchTask(model, learning_rate=1e-3, architecture_learning_rate=3e-2)
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              num_sanity_val_steps=0).fit(task, datamodule=data)
+    weights = dict(zip(model.pair_names, model.method_weights().detach()))
+    assert int(torch.argmax(weights["user*movie"])) == 1 and float(weights["user*movie"][1]) > 0.9, weights["user*movie"]
+    architecture = model.derive_architecture()
+    assert architecture["pairs"]["user*movie"] == "factorise"
+    # A working search model after 15% of the data (.77 here; a broken one stays near .5; DeepFM's first full
+    # epoch on all of it reaches .79).
+    assert task.history[-1]["auc"] >= 0.75, task.history

@@ -149,3 +149,108 @@ def test_mini_batch_aware_l2_weights_each_looked_up_row_by_its_inverse_count(fit
     plain = emb.l2_penalty(batch, "batch_rows") - dense
     assert torch.allclose(emb.l2_penalty(batch, "mba") - dense, plain / 4, rtol=1e-5)
     assert plain > 0
+
+
+# ------------------------------------------------------------------ options for search-then-retrain models
+@pytest.fixture()
+def wide():
+    """Three categorical fields, two of them wide enough that their cross must hash at 100 rows."""
+    raw = pl.DataFrame({
+        "label": [i % 2 for i in range(60)],
+        "a": [f"a{i % 30}" for i in range(60)],
+        "b": [f"b{i % 20}" for i in range(60)],
+        "c": [f"c{i % 3}" for i in range(60)],
+    })
+    pipe = FeaturePipeline([{"name": "label", "kind": "label"}] + [{"name": n, "kind": "categorical"} for n in "abc"]).fit(raw)
+    return pipe.schema, frame_to_batch(pipe.transform(raw).collect(), pipe.schema)
+
+
+def test_cross_sets_give_each_pair_its_own_rows_exact_or_hashed(wide) -> None:
+    from recsys.kernels.hashing import stable_hash
+
+    schema, batch = wide
+    size = {f.name: f.vocab_size for f in schema.sparse}  # a 32, b 22, c 5
+    emb = FeatureEmbedding(schema, tables={"default": 4, "cross": 3}, crosses={"cross": [("a", "b"), ("b", "c")]},
+                           cross_buckets=100, init_std=1.0)
+    out = emb(batch, "cross")
+    assert out.shape == (len(batch), 2, 3)
+    # a*b has 32 * 22 combinations > 100: hashed into 100 rows; b*c has 22 * 5 = 110 > 100 too, so try c*a
+    # below for an exact pair. Row ranges: a*b rows [0, 100), b*c rows [100, 200).
+    assert emb.table_rows["cross__3"] == {"a*b": (0, 100), "b*c": (100, 100)}
+    weight = emb.weights["cross__3"]
+    a, b, c = (batch.sparse[:, i] for i in range(3))
+    assert torch.equal(out[:, 0], weight[stable_hash(a * size["b"] + b) % 100])
+    assert torch.equal(out[:, 1], weight[100 + stable_hash(b * size["c"] + c) % 100])
+    exact = FeatureEmbedding(schema, tables={"default": 4, "cross": 3}, crosses={"cross": [("c", "a"), ("a", "b")]},
+                             cross_buckets=200, init_std=1.0)
+    assert exact.table_rows["cross__3"] == {"c*a": (0, 5 * 32), "a*b": (160, 200)}
+    assert torch.equal(exact(batch, "cross")[:, 0], exact.weights["cross__3"][c * size["a"] + a])
+    # The L2 on looked-up rows covers the cross rows the batch used, each once.
+    rows = torch.unique(torch.cat([c * size["a"] + a, 160 + stable_hash(a * size["b"] + b) % 200]))
+    cross_only = FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a"), ("a", "b")]},
+                                  cross_buckets=200, init_std=1.0)
+    with torch.no_grad():
+        cross_only.weights["cross__3"].copy_(exact.weights["cross__3"])
+    assert torch.allclose(cross_only.l2_penalty(batch), 0.5 * exact.weights["cross__3"][rows].pow(2).sum())
+    with pytest.raises(ValueError, match="not sparse fields"):
+        FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("a", "nope")]})
+
+
+def test_packed_kept_dims_store_only_the_kept_entries_and_look_up_as_a_masked_table(wide) -> None:
+    schema, batch = wide
+    emb = FeatureEmbedding(schema, tables={"default": 4, "linear": 1}, init_std=1.0)
+    sizes = schema.table_sizes()  # a 32, b 22, c 5
+    kept = {
+        "a": [(0, 7, [0, 3]), (7, 20, [1]), (20, 32, [])],
+        "b": [(0, 22, [0, 1, 2, 3])],
+        "c": [(0, 2, [2]), (2, 5, [3, 0])],
+    }
+    emb.keep_dims("default", kept)
+    stored = 7 * 2 + 13 * 1 + 22 * 4 + 2 * 1 + 3 * 2
+    assert emb.weights["default__4"].shape == (stored,) and emb.stored_entries("default") == stored
+    assert emb.stored_entries("linear") == sum(sizes.values())  # other sets stay whole
+    # The lookup is the table a dense layer would hold with the dropped entries at zero: rebuild that table
+    # from the packed values in plain Python (row-major per range, ranges in table order) and compare.
+    dense = torch.zeros(sum(sizes.values()), 4)
+    values = emb.weights["default__4"].detach()
+    cursor = 0
+    ranges = sorted((emb.table_rows["default__4"][t][0] + s, emb.table_rows["default__4"][t][0] + e, sorted(d))
+                    for t, r in kept.items() for s, e, d in r)
+    for start, stop, dims in ranges:
+        for row in range(start, stop):
+            for d in dims:
+                dense[row, d] = values[cursor]
+                cursor += 1
+    assert cursor == stored
+    out = emb(batch)
+    ids = batch.sparse + emb.default__4__sparse_offsets
+    assert torch.equal(out, dense[ids])
+    assert torch.equal(dense[[o for o, _ in emb.table_rows["default__4"].values()]], torch.zeros(3, 4))  # padding rows
+    # Gradients reach exactly the stored entries of the rows looked up.
+    out.sum().backward()
+    assert torch.count_nonzero(emb.weights["default__4"].grad) == sum(
+        len(d) for r in torch.unique(ids).tolist() for s, e, d in ranges if s <= r < e)
+    with pytest.raises(ValueError, match="does not continue from row 7"):
+        FeatureEmbedding(schema, 4).keep_dims("default", {**kept, "a": [(0, 7, [0]), (8, 32, [1])]})
+    with pytest.raises(ValueError, match="tables \\['c'\\] are missing"):
+        FeatureEmbedding(schema, 4).keep_dims("default", {k: v for k, v in kept.items() if k != "c"})
+    with pytest.raises(ValueError, match="dims \\[4\\] must be"):
+        FeatureEmbedding(schema, 4).keep_dims("default", {**kept, "b": [(0, 22, [4])]})
+
+
+def test_dimension_gates_scale_each_row_by_its_blocks_weights(wide) -> None:
+    schema, batch = wide
+    emb = FeatureEmbedding(schema, 3, init_std=1.0)
+    rows = emb.group_rows("default__3")
+    row_block = torch.arange(rows) % 2
+    gates = emb.gate_dims("default", row_block, 2)
+    assert torch.equal(gates.detach(), torch.ones(2, 3))
+    with torch.no_grad():
+        gates.copy_(torch.tensor([[1.0, 0.5, 0.0], [0.25, 1.0, 2.0]]))
+    ids = batch.sparse + emb.default__3__sparse_offsets
+    expected = emb.weights["default__3"][ids] * gates[row_block[ids]]
+    assert torch.equal(emb(batch), expected)
+    emb(batch).sum().backward()
+    assert gates.grad is not None and torch.count_nonzero(gates.grad) > 0
+    with pytest.raises(ValueError, match="already gated or packed"):
+        emb.keep_dims("default", {})

@@ -8,6 +8,13 @@ as seed-<s>.log), so runs can go in parallel (`--jobs`; on one GPU too) and one 
 A run whose metrics.json exists is not run again: rerunning the same command resumes an interrupted
 suite. Trailing overrides go to every run (`trainer=gpu`, `trainer.max_epochs=2`, ...). Results go to
 DIR/accuracy.json and DIR/accuracy.md.
+
+A search-then-retrain entry (docs/search.md) names its search too:
+    - {name: frappe_x1/optinter, experiment: optinter_frappe_x1, search: {experiment: optinter_search_frappe_x1}}
+Per seed, the search runs first into DIR/runs/<name>/seed-<s>/search/ (same seed, its own log), then the
+retrain with `model.architecture=<that folder>/architecture.json`. A finished search is not run again, so
+an interrupted suite resumes at the retrain. The row is the retrain's; it also carries the search's time
+and the architecture's summary.
 """
 
 from __future__ import annotations
@@ -27,11 +34,17 @@ from typing import Any
 
 from recsys.baselines import baselines_of_runs, beats, best_baseline  # readers only: no torch, no data
 
-# On the seed means of a claim's metric (default: the test value of the metric the runs were selected on):
-#   better:   a > b
-#   at_least: a >= b - tolerance (tolerance 0 by default): one-sided, and its text says "≥ b − tol"
-#   within:   |a - b| <= tolerance: two-sided
-CLAIM_KINDS = ("better", "at_least", "within")
+# On the seed means of a claim's metric (default: the test value of the metric the runs were selected on;
+# or a number metrics.json records at its top level, such as num_parameters), with b scaled by `factor`
+# (default 1, so `at_most` with factor 0.5 says "a has at most half of b"):
+#   better:   a > factor * b
+#   at_least: a >= factor * b - tolerance (tolerance 0 by default): one-sided, and its text says "≥ b − tol"
+#   at_most:  a <= factor * b + tolerance: one-sided
+#   within:   |a - factor * b| <= tolerance: two-sided
+CLAIM_KINDS = ("better", "at_least", "at_most", "within")
+# Numbers a row averages from the top level of each seed's metrics.json (parameters differ between seeds
+# when each seed searched its own architecture).
+RUN_NUMBERS = ("epochs", "train_seconds", "fit_seconds", "num_parameters", "num_embedding_parameters")
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,8 @@ class SuiteRun:
     name: str
     experiment: str | None
     overrides: tuple[str, ...] = ()
+    # A search-then-retrain entry: the search's experiment and overrides, run first per seed.
+    search: SuiteRun | None = None
 
     @property
     def hydra_overrides(self) -> list[str]:
@@ -64,7 +79,14 @@ def load_suite(suite: str) -> tuple[list[SuiteRun], list[dict[str, Any]]]:
     from omegaconf import OmegaConf
 
     spec = OmegaConf.to_container(OmegaConf.load(path)) or {}
-    runs = [SuiteRun(r["name"], r.get("experiment"), tuple(r.get("overrides") or ())) for r in spec.get("runs") or []]
+    runs = []
+    for r in spec.get("runs") or []:
+        search = r.get("search")
+        if search is not None and (not isinstance(search, dict) or not (search.get("experiment") or search.get("overrides"))):
+            raise SystemExit(f"suite {path}: run {r.get('name')!r} has search {search!r}; expected {{experiment: ..., overrides: [...]}}")
+        runs.append(SuiteRun(r["name"], r.get("experiment"), tuple(r.get("overrides") or ()),
+                             SuiteRun(f"{r['name']}/search", search.get("experiment"), tuple(search.get("overrides") or ()))
+                             if search else None))
     names = [r.name for r in runs]
     if not runs or len(set(names)) != len(names):
         raise SystemExit(f"suite {path}: needs runs with unique names (got {names})")
@@ -84,27 +106,52 @@ def run_dir(out: Path, run: SuiteRun, seed: int) -> Path:
     return out / "runs" / run.name / f"seed-{seed}"
 
 
+def search_dir(out: Path, run: SuiteRun, seed: int) -> Path:
+    """Where a search-then-retrain entry's search writes, inside the retrain's run folder."""
+    return run_dir(out, run, seed) / "search"
+
+
 def prepare_data(runs: list[SuiteRun], extra: list[str]) -> None:
     """Fit each dataset before runs go in parallel and would all fit it at once (a dataset already in
     the cache is only checked)."""
     from recsys.config import compose_train_config, prepare_configured
 
     for run in runs:
-        prepare_configured(compose_train_config([*run.hydra_overrides, *extra]))
+        for part in (run, run.search):
+            if part is not None:
+                prepare_configured(compose_train_config([*part.hydra_overrides, *extra]))
 
 
-def train_one(out: Path, run: SuiteRun, seed: int, extra: list[str], threads: int) -> dict[str, Any]:
-    target = run_dir(out, run, seed)
-    log_path = target.parent / f"seed-{seed}.log"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "recsys.commands.cli", "train", *run.hydra_overrides,
+def _train_process(overrides: list[str], target: Path, log_path: Path, seed: int, extra: list[str], threads: int) -> int:
+    command = [sys.executable, "-m", "recsys.commands.cli", "train", *overrides,
                f"seed={seed}", f"paths.output_dir={target}", "trainer.enable_progress_bar=false",
                f"num_threads={threads}", *extra]
-    start = time.perf_counter()
     with log_path.open("w") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+
+
+def train_one(out: Path, run: SuiteRun, seed: int, extra: list[str], threads: int) -> dict[str, Any]:
+    """One seed of one entry: its search first when it has one (unless that search already finished),
+    then the run itself, retraining the search's architecture."""
+    from recsys.search import ARCHITECTURE_FILE
+
+    target = run_dir(out, run, seed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    overrides = run.hydra_overrides
+    if run.search is not None:
+        searched = search_dir(out, run, seed)
+        if not (searched / "metrics.json").exists():
+            log_path = target.parent / f"seed-{seed}-search.log"
+            code = _train_process(run.search.hydra_overrides, searched, log_path, seed, extra, threads)
+            if code != 0:
+                return {"name": run.name, "seed": seed, "returncode": code, "seconds": time.perf_counter() - start,
+                        "log": str(log_path), "stage": "search"}
+        overrides = [*overrides, f"model.architecture={searched / ARCHITECTURE_FILE}"]
+    log_path = target.parent / f"seed-{seed}.log"
+    code = _train_process(overrides, target, log_path, seed, extra, threads)
     return {"name": run.name, "seed": seed, "returncode": code, "seconds": time.perf_counter() - start, "log": str(log_path)}
 
 
@@ -117,25 +164,38 @@ def _numbers(split: dict[str, Any]) -> dict[str, float]:
 
 
 def claim_holds(kind: str, diff: float, tolerance: float) -> bool:
-    """Whether a claim of `kind` holds for a - b = `diff` (see CLAIM_KINDS). A difference on the tolerance
-    itself holds: 1e-12 absorbs the float rounding of a - b."""
+    """Whether a claim of `kind` holds for a - factor * b = `diff` (see CLAIM_KINDS). A difference on the
+    tolerance itself holds: 1e-12 absorbs the float rounding of a - b."""
     if kind == "better":
         return diff > 0
     if kind == "at_least":
         return diff >= -tolerance - 1e-12
+    if kind == "at_most":
+        return diff <= tolerance + 1e-12
     return abs(diff) <= tolerance + 1e-12
 
 
 def claim_text(claim: dict[str, Any]) -> str:
     tolerance = float(claim.get("tolerance", 0.0))
     metric = claim.get("metric", "")
+    factor = float(claim.get("factor", 1.0))
+    b = claim["b"] if factor == 1.0 else f"{factor:g} × {claim['b']}"
     if claim["kind"] == "better":
-        text = f"{claim['a']} > {claim['b']}"
+        text = f"{claim['a']} > {b}"
     elif claim["kind"] == "at_least":
-        text = f"{claim['a']} ≥ {claim['b']}" + (f" − {tolerance:g}" if tolerance else "")
+        text = f"{claim['a']} ≥ {b}" + (f" − {tolerance:g}" if tolerance else "")
+    elif claim["kind"] == "at_most":
+        text = f"{claim['a']} ≤ {b}" + (f" + {tolerance:g}" if tolerance else "")
     else:
-        text = f"|{claim['a']} − {claim['b']}| ≤ {tolerance:g}"
+        text = f"|{claim['a']} − {b}| ≤ {tolerance:g}"
     return f"{text} ({metric})" if metric else text
+
+
+def _metric(metrics: dict[str, Any], name: str) -> float | None:
+    """`split/key` of a metrics.json (test/auc), or a number at its top level (num_parameters)."""
+    split, _, key = name.partition("/")
+    value = (metrics.get(split) or {}).get(key) if key else metrics.get(split)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[dict[str, Any]]) -> dict[str, Any]:
@@ -160,12 +220,22 @@ def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[di
                 for split in ("val", "test"):
                     for k, v in _numbers(m.get(split) or {}).items():
                         values.setdefault(f"{split}/{k}", []).append(v)
-                for k in ("epochs", "train_seconds"):
-                    values.setdefault(k, []).append(float(m[k]))
+                for k in RUN_NUMBERS:
+                    if _metric(m, k) is not None:
+                        values.setdefault(k, []).append(_metric(m, k))
+            if run.search is not None:
+                searches = [search_dir(out, run, s) / "metrics.json" for s in metrics]
+                for found in (json.loads(p.read_text()) for p in searches if p.exists()):
+                    values.setdefault("search_fit_seconds", []).append(float(found["fit_seconds"]))
+                    values.setdefault("search_epochs", []).append(float(found["epochs"]))
+            shares = [(m.get("architecture") or {}).get("summary") or {} for m in ms]
+            for key in sorted({k for sh in shares for k, v in (sh.get("share") or {}).items()}):
+                values.setdefault(f"share/{key}", []).extend(float(sh["share"][key]) for sh in shares if key in (sh.get("share") or {}))
+            for key in ("kept_entries", "reduction", "mean_dims"):
+                values.setdefault(key, []).extend(float(sh[key]) for sh in shares if isinstance(sh.get(key), (int, float)))
             for key, vs in values.items():
                 if len(vs) == len(ms):  # a metric every seed has
                     row[key], row[key + "_sd"] = _mean_sd(vs)
-            row["num_parameters"] = ms[0]["num_parameters"]
             row["dataset"] = ms[0]["dataset"]
         rows.append(row)
     baselines = {table: baselines_of_runs(run_dir(out, r, s) for r in runs if r.table == table for s in seeds)
@@ -179,14 +249,17 @@ def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[di
         result = dict(claim)
         metric = claim.get("metric") or "test/" + str(a.get("selection_metric", "val/auc")).split("/", 1)[1]
         result["metric"] = metric
+        factor = float(claim.get("factor", 1.0))
         if metric not in a or metric not in b:
             result.update(status="not run")
         else:
-            diff = a[metric] - b[metric]
+            diff = a[metric] - factor * b[metric]
             tolerance = float(claim.get("tolerance", 0.0))
             common = sorted(set(per_seed[a["name"]]) & set(per_seed[b["name"]]))
-            split, key = metric.split("/", 1)
-            paired = [per_seed[a["name"]][s][split][key] - per_seed[b["name"]][s][split][key] for s in common]
+            values_a = {s: _metric(per_seed[a["name"]][s], metric) for s in common}
+            values_b = {s: _metric(per_seed[b["name"]][s], metric) for s in common}
+            common = [s for s in common if values_a[s] is not None and values_b[s] is not None]
+            paired = [values_a[s] - factor * values_b[s] for s in common]
             result.update(status="holds" if claim_holds(claim["kind"], diff, tolerance) else "fails", difference=diff,
                           seeds_where_a_wins=sum(d > 0 for d in paired), seeds_where_it_holds=sum(
                               claim_holds(claim["kind"], d, tolerance) for d in paired), seeds_compared=len(common))
@@ -228,18 +301,23 @@ def markdown(summary: dict[str, Any]) -> str:
         columns = selection + [c for c in TABLE_METRICS if any(c in r for r in members) and c not in selection]
         names = [c.replace("/", " ") for c in columns]
         flagged = any(r.get("below_baseline") for r in members)
-        lines += ["", f"### {table}", "", "| run | seeds | " + " | ".join(names) + " | epochs | train s | params |"
-                  + (" flags |" if flagged else ""), "|---|---|" + "---|" * len(columns) + "---|---|---|" + ("---|" if flagged else "")]
+        searched = any("search_fit_seconds" in r for r in members)
+        extra = " search s |" if searched else ""
+        lines += ["", f"### {table}", "", "| run | seeds | " + " | ".join(names) + f" | epochs | train s |{extra} params |"
+                  + (" flags |" if flagged else ""),
+                  "|---|---|" + "---|" * len(columns) + "---|---|---|" + ("---|" if searched else "") + ("---|" if flagged else "")]
         for r in members:
-            params = f"{r['num_parameters']:,}" if "num_parameters" in r else "—"
+            params = f"{round(r['num_parameters']):,}" if "num_parameters" in r else "—"
             cells = " | ".join(_pm(r, c) for c in columns)
             flag = (f" BELOW BASELINE ({r['below_baseline']}) |" if r.get("below_baseline") else " |") if flagged else ""
-            lines.append(f"| {r['row']} | {len(r['seeds'])} | {cells} | {_pm(r, 'epochs', 1)} | {_pm(r, 'train_seconds', 0)} | {params} |{flag}")
+            search = f" {_pm(r, 'search_fit_seconds', 0)} |" if searched else ""
+            lines.append(f"| {r['row']} | {len(r['seeds'])} | {cells} | {_pm(r, 'epochs', 1)} | {_pm(r, 'train_seconds', 0)} |"
+                         f"{search} {params} |{flag}")
         # The baselines of the table's data (recsys.baselines), scored on the same splits; deterministic, so no seeds.
         for b in summary.get("baselines", {}).get(table, []):
             values = {f"{split}/{k}": v for split in ("val", "test") for k, v in _numbers(b.get(split) or {}).items()}
             cells = " | ".join(f"{values[c]:.4f}" if c in values else "—" for c in columns)
-            lines.append(f"| {b['model']} | — | {cells} | — | — | — |" + (" baseline |" if flagged else ""))
+            lines.append(f"| {b['model']} | — | {cells} | — | — |{' — |' if searched else ''} — |" + (" baseline |" if flagged else ""))
     if summary["claims"]:
         lines += ["", "### Claims (seed means)", "", "| claim | a − b | seeds a wins | seeds it holds | status |",
                   "|---|---|---|---|---|"]
@@ -248,6 +326,14 @@ def markdown(summary: dict[str, Any]) -> str:
             wins = f"{c['seeds_where_a_wins']}/{c['seeds_compared']}" if "seeds_compared" in c else "—"
             holds = f"{c['seeds_where_it_holds']}/{c['seeds_compared']}" if "seeds_compared" in c else "—"
             lines.append(f"| {claim_text(c)} | {diff} | {wins} | {holds} | {c['status']} |")
+    architectures = [r for r in summary["rows"] if any(k.startswith("share/") or k == "kept_entries" for k in r)]
+    if architectures:
+        lines += ["", "### Architectures (seed means)", "", "| run | memorise | factorise | naive | kept entries | reduction |",
+                  "|---|---|---|---|---|---|"]
+        for r in architectures:
+            cells = [_pm(r, f"share/{m}", 3) for m in ("memorise", "factorise", "naive")]
+            cells += [f"{round(r['kept_entries']):,}" if "kept_entries" in r else "—", _pm(r, "reduction", 2)]
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

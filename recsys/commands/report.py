@@ -63,6 +63,10 @@ def collect(root: str | Path) -> Collection:
         if not isinstance(metrics, dict):
             found.warnings.append(f"corrupted metrics file {path}: not a JSON object; run left out")
             continue
+        if metrics.get("task") == "search":
+            # A search run chose an architecture; its retrain is the result (docs/search.md).
+            found.warnings.append(f"search run {path.parent}: not a result (its retrain is); left out")
+            continue
         missing = [k for k in REQUIRED_KEYS if k not in metrics]
         key = selection_key(metrics)
         for split in ("val", "test"):

@@ -17,9 +17,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recsys.baselines import BASELINES_FILE, beats, best_baseline, dataset_baselines
-from recsys.config import build_datamodule, build_model, build_task, datamodule_options, dataset_description, prepare_configured
+from recsys.config import (ConfigError, build_datamodule, build_model, build_task, datamodule_options, dataset_description,
+                           prepare_configured)
+from recsys.embedding import FeatureEmbedding
 from recsys.features.atomic import write_json_atomic
 from recsys.runinfo import environment, run_id
+from recsys.search import ARCHITECTURE_FILE, file_digest, is_architecture_path
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,8 @@ class TrainThroughput(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-        self.samples += len(batch)
+        # A search's batch is a (training, validation) pair: the training rows are what it trained on.
+        self.samples += len(batch[0]) if isinstance(batch, tuple) else len(batch)
 
     def _stop(self) -> None:
         elapsed = time.perf_counter() - self._start
@@ -132,11 +136,20 @@ def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callb
     bar = _baselines_line(baselines, task.monitor, task.mode)
     if data_summary:
         (log.warning if inspection.warnings else log.info)(inspection.summary() + (f"\nbest baseline: {bar}" if bar else ""))
+    if getattr(model, "searching", False) and getattr(task, "evaluates_test", True):
+        raise ConfigError(f"model {cfg.model_name} was built as its search space (model.architecture=null): search it "
+                          f"with task=search, then retrain with model.architecture=<search run>/{ARCHITECTURE_FILE} "
+                          "(docs/search.md)")
 
     throughput = TrainThroughput()
     callbacks = [*selection_callbacks(cfg, task), throughput, *(extra_callbacks or [])]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer_options = {}
+    if not task.automatic_optimization and cfg.trainer.get("gradient_clip_val"):
+        # Lightning clips only under automatic optimisation; a manual-optimisation task clips itself.
+        task.gradient_clip_val = float(cfg.trainer.gradient_clip_val)
+        trainer_options["gradient_clip_val"] = None
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **trainer_options)
     checkpoint = next((c for c in callbacks if isinstance(c, L.callbacks.ModelCheckpoint)), None)
 
     start = time.perf_counter()
@@ -144,7 +157,9 @@ def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callb
     fit_seconds = time.perf_counter() - start
     ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
     val = trainer.validate(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
-    test = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+    # A search run is not a result: only its retrain is evaluated on test (recsys/tasks/search.py).
+    evaluates_test = getattr(task, "evaluates_test", True)
+    test = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0] if evaluates_test else None
 
     history = task.history
     best = task.best_epoch()
@@ -160,7 +175,7 @@ def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callb
         "synthetic_data": prepared.synthetic,
         "data_fingerprint": prepared.fingerprint,
         "val": {k.split("/", 1)[1]: v for k, v in val.items()},
-        "test": {k.split("/", 1)[1]: v for k, v in test.items()},
+        **({"test": {k.split("/", 1)[1]: v for k, v in test.items()}} if test is not None else {}),
         "best_epoch": best["epoch"] if best else None,
         "epochs": len(history),
         "train_seconds": throughput.seconds,
@@ -171,6 +186,8 @@ def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callb
         "train_samples_per_second": throughput.samples * trainer.world_size / throughput.seconds if throughput.seconds else None,
         "world_size": trainer.world_size,
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_embedding_parameters": sum(p.numel() for m in model.modules() if isinstance(m, FeatureEmbedding)
+                                        for p in m.parameters()),
         "selected_on": "valid",
         "history": history,
         "checkpoint": _relative(checkpoint.best_model_path, output_dir) if ckpt else None,
@@ -183,6 +200,9 @@ def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callb
         "environment": environment(),
     }
     if trainer.is_global_zero:  # one writer under data parallelism
+        if hasattr(task, "write_artifacts"):  # a search: the selected architecture
+            metrics.update(task.write_artifacts(output_dir))
+        metrics.update(retrained_architecture(cfg, model, output_dir))
         shutil.copytree(prepared.features_dir, output_dir / "features", dirs_exist_ok=True)
         write_predictions(task, output_dir / "predictions.parquet")
         if baselines:
@@ -191,11 +211,28 @@ def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callb
     key = task.monitor.split("/", 1)[1]
     value = metrics["val"].get(key, float("nan"))
     log.info("%s on %s: val %s %.4f, test %s %.4f", metrics["model"], metrics["dataset"], key, value,
-             key, metrics["test"].get(key, float("nan")))
+             key, metrics.get("test", {}).get(key, float("nan")))  # a search evaluates no test
     best = best_baseline((baselines or {}).get("baselines") or [], key, task.mode)
     if best is not None and not beats(value, best["val"][key], task.mode):
         log.warning("%s does NOT beat the best baseline on validation: %s", metrics["model"], _baselines_line(baselines, task.monitor, task.mode))
     return metrics
+
+
+def retrained_architecture(cfg: DictConfig, model: torch.nn.Module, output_dir: Path) -> dict[str, Any]:
+    """For a model built from an architecture (a search-then-retrain model): its summary, and the
+    architecture file copied into the run folder (metrics.json names the copy and its SHA-256), so the
+    run's export needs nothing outside the run folder."""
+    summary = model.architecture_summary() if hasattr(model, "architecture_summary") and not getattr(model, "searching", False) else {}
+    source = cfg.model.get("architecture")
+    if not summary and not is_architecture_path(source):
+        return {}
+    entry: dict[str, Any] = {"summary": summary}
+    if is_architecture_path(source):
+        shutil.copyfile(source, output_dir / ARCHITECTURE_FILE)
+        entry.update(file=ARCHITECTURE_FILE, sha256=file_digest(source), source=str(Path(source).resolve()))
+    else:
+        entry["value"] = source
+    return {"architecture": entry}
 
 
 def monitored_value(metrics: dict[str, Any]) -> float:

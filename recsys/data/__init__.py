@@ -19,6 +19,7 @@ from typing import Any
 _EXPORTS = {
     "BatchIterator": "recsys.data.batches", "frame_to_batch": "recsys.data.batches",
     "CTRDataModule": "recsys.data.modules", "NextItemDataModule": "recsys.data.modules",
+    "PairedBatches": "recsys.data.modules", "SearchDataModule": "recsys.data.modules",
     "SPLITS": "recsys.data.prepare", "PreparedData": "recsys.data.prepare", "check_split": "recsys.data.prepare",
     "prepare_dataset": "recsys.data.prepare",
 }

@@ -3,7 +3,9 @@ contract, whatever storage feeds it."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -127,8 +129,11 @@ class CTRDataModule(SplitsDataModule):
         self.resolved_storage: str | None = None
 
     # ------------------------------------------------------------------ storage
+    # The splits this module reads (a search never reads test).
+    splits_read: tuple[str, ...] = SPLITS
+
     def split_rows(self) -> dict[str, int]:
-        return {s: pl.scan_parquet(self.prepared.split_path(s)).select(pl.len()).collect().item() for s in SPLITS}
+        return {s: pl.scan_parquet(self.prepared.split_path(s)).select(pl.len()).collect().item() for s in self.splits_read}
 
     def resolve_storage(self) -> str:
         """Where this run's splits live ("memory" or "disk"), decided once and logged."""
@@ -168,7 +173,7 @@ class CTRDataModule(SplitsDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         storage = self.resolve_storage()
-        for split in SPLITS:
+        for split in self.splits_read:
             self.load(split) if storage == "memory" else self.load_arrays(split)
 
     def row_counts(self) -> dict[str, np.ndarray]:
@@ -251,3 +256,59 @@ class NextItemDataModule(SplitsDataModule):
         crow = torch.zeros(n + 1, dtype=torch.int64)
         crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
         return CSRMatrix(crow, cols, counts.to(torch.float32), n)
+
+
+class PairedBatches:
+    """A search epoch: each training batch (the split shuffled by (seed, epoch)) paired with a validation
+    batch of the same size, drawn from the validation split shuffled by (seed, epoch, pass) and started
+    again when it runs out, so the architecture steps see all of it before any repeat. `epoch` (the
+    trainer's epoch when given) seeds both orders, so a search resumed from a checkpoint sees the batches
+    an uninterrupted one would."""
+
+    def __init__(self, train: Batch, valid: Batch, batch_size: int, seed: int, epoch: Callable[[], int] | None = None,
+                 rank: int = 0, world_size: int = 1):
+        if len(valid) == 0:
+            raise ValueError("a search needs validation rows: the validation split is empty")
+        self.train, self.valid, self.batch_size, self.seed = train, valid, batch_size, seed
+        self.epoch_source, self.shard = epoch, {"rank": rank, "world_size": world_size}
+        self._epochs_started = 0
+
+    def __len__(self) -> int:
+        return len(BatchIterator(self.train, self.batch_size, shuffle=False))
+
+    def _valid_batches(self, epoch: int) -> Iterator[Batch]:
+        for repeat in itertools.count():
+            batches = BatchIterator(self.valid, self.batch_size, shuffle=True, seed=self.seed + 1, **self.shard)
+            batches.set_epoch(epoch * 1000 + repeat)
+            yield from batches
+
+    def __iter__(self) -> Iterator[tuple[Batch, Batch]]:
+        epoch = self.epoch_source() if self.epoch_source is not None else self._epochs_started
+        self._epochs_started += 1
+        train = BatchIterator(self.train, self.batch_size, shuffle=True, seed=self.seed, **self.shard)
+        train.set_epoch(epoch)
+        yield from zip(train, self._valid_batches(epoch))
+
+
+class SearchDataModule(CTRDataModule):
+    """The data of a search (recsys/tasks/search.py): training batches paired with validation batches
+    (`PairedBatches`), the validation split for the per-epoch selection, and never the test split: it is
+    not loaded, and asking for it is an error."""
+
+    splits_read = ("train", "valid")
+
+    def load(self, split: str) -> Batch:
+        if split == "test":
+            raise RuntimeError("a search never reads the test split: only the retrained model is evaluated on it")
+        return super().load(split)
+
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    def train_dataloader(self) -> PairedBatches:
+        return PairedBatches(self.load("train"), self.load("valid"), self.batch_size, self.seed,
+                             epoch=self._epoch if getattr(self, "trainer", None) is not None else None, **self._shard())
+
+    def test_dataloader(self) -> BatchIterator:
+        return self.load("test")  # raises

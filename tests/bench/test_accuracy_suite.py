@@ -149,3 +149,61 @@ def test_the_tables_carry_their_datasets_baselines_and_flag_rows_below_them(tmp_
     table = markdown(summary)
     assert "| baseline: u+i rate | — | 0.7500 | 0.7400 |" in table
     assert "| weak | 2 |" in table and table.count("BELOW BASELINE (baseline: u+i rate)") == 1
+@pytest.mark.parametrize(("kind", "factor", "tolerance", "holds"), [
+    ("at_most", 0.5, 0.0, True),    # 40 <= 0.5 * 100
+    ("at_most", 0.3, 0.0, False),   # 40 > 30
+    ("at_most", 0.3, 10.0, True),   # 40 <= 30 + 10
+    ("at_least", 0.5, 0.0, False),  # 40 < 50
+    ("better", 0.3, 0.0, True),     # 40 > 30
+])
+def test_claims_on_a_top_level_number_scaled_by_a_factor(tmp_path: Path, kind: str, factor: float, tolerance: float,
+                                                         holds: bool) -> None:
+    from recsys.bench.accuracy import SuiteRun, claim_text, load_suite, summarise
+
+    out = tmp_path / "out"
+    for name, params in (("t/small", (30, 50)), ("t/big", (100, 100))):
+        for seed, n in zip((1, 2), params):
+            _fake_run(out, name, seed, {"auc": 0.8})
+            path = out / "runs" / name / f"seed-{seed}" / "metrics.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "num_parameters": n}))
+    claim = {"kind": kind, "a": "t/small", "b": "t/big", "metric": "num_parameters", "factor": factor, "tolerance": tolerance}
+    summary = summarise(out, [SuiteRun("t/small", None), SuiteRun("t/big", None)], [1, 2], [claim])
+    (checked,) = summary["claims"]
+    assert summary["rows"][0]["num_parameters"] == 40  # the seed mean, as seeds may have searched other sizes
+    assert checked["status"] == ("holds" if holds else "fails") and checked["difference"] == pytest.approx(40 - factor * 100)
+    assert f"{factor:g} × t/big" in claim_text(checked)
+    suite = _suite(tmp_path, [{"name": "t/small"}, {"name": "t/big"}], [claim])
+    assert load_suite(str(suite))[1] == [claim]
+
+
+def test_a_search_entry_searches_then_retrains_its_architecture_and_resumes_at_the_retrain(tmp_path: Path) -> None:
+    tiny = ["model.hidden_units=[16]", "model.embedding_dim=4", "model.pair_dim=3", "model.cross_buckets=300"]
+    suite = _suite(tmp_path, [
+        {"name": "synthetic/optinter", "overrides": ["model=optinter", *tiny],
+         "search": {"overrides": ["model=optinter", "task=search", *tiny]}},
+    ], [])
+    out = tmp_path / "out"
+    done = _bench("--suite", str(suite), "--seeds", "1", "--out", str(out), *SMALL, cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = out / "runs" / "synthetic/optinter" / "seed-1"
+    search = json.loads((run / "search" / "metrics.json").read_text())
+    retrain = json.loads((run / "metrics.json").read_text())
+    assert search["task"] == "search" and "test" not in search and search["config"]["seed"] == 1
+    chosen = run / "search" / "architecture.json"
+    assert retrain["config"]["model"]["architecture"] == str(chosen)
+    assert retrain["architecture"]["sha256"] == __import__("recsys.search").search.file_digest(chosen)
+    summary = json.loads((out / "accuracy.json").read_text())
+    row = next(r for r in summary["rows"] if r["name"] == "synthetic/optinter")
+    pairs = json.loads(chosen.read_text())["pairs"]
+    assert row["share/memorise"] == pytest.approx(sum(m == "memorise" for m in pairs.values()) / len(pairs), abs=1e-4)
+    assert row["search_fit_seconds"] == pytest.approx(search["fit_seconds"])
+    assert row["num_parameters"] == retrain["num_parameters"]
+    assert "search s" in (out / "accuracy.md").read_text() and "### Architectures" in (out / "accuracy.md").read_text()
+
+    # Interrupted after its search: the rerun retrains from the same file and does not search again.
+    (run / "metrics.json").unlink()
+    search_stamp = (run / "search" / "metrics.json").stat().st_mtime_ns
+    again = _bench("--suite", str(suite), "--seeds", "1", "--out", str(out), *SMALL, cache=tmp_path / "cache")
+    assert again.returncode == 0 and "0 runs already done, 1 to go" in again.stdout
+    assert (run / "search" / "metrics.json").stat().st_mtime_ns == search_stamp
+    assert json.loads((run / "metrics.json").read_text())["architecture"]["sha256"] == retrain["architecture"]["sha256"]

@@ -269,3 +269,64 @@ def test_next_item_split_reproduces_the_official_counts_without_leakage(dataset:
         assert rows["test"][user] == (seq[:-1], seq[-1])
     if dataset != "Yelp":  # the Amazon sets have no repeated interactions: a target never is in the training input
         assert not any(seq[-1] in seq[:-2] or seq[-2] in seq[:-2] for seq in raw.values())
+# ------------------------------------------------------------------------------------------- movielens_1m_ctr
+ML1M = {"name": "movielens_1m_ctr", "seed": 2021}
+
+
+@pytest.fixture(scope="module")
+def ml1m(real_file) -> dict[str, pl.DataFrame]:
+    return build_recipe(ML1M, real_file("movielens_1m/ratings_merged.csv.gz").parents[1])
+
+
+def test_ml1m_is_every_rating_split_8_1_1_with_its_label(ml1m, real_file) -> None:
+    import csv
+    import gzip
+
+    with gzip.open(real_file("movielens_1m/ratings_merged.csv.gz"), "rt") as handle:
+        ratings = {(int(r["user_id"]), int(r["movie_id"])): int(r["rating"]) for r in csv.DictReader(handle)}
+    assert len(ratings) == 1_000_209
+    assert [ml1m[s].height for s in ("train", "valid", "test")] == [800_167, 100_021, 100_021]
+    seen = {}
+    for split, frame in ml1m.items():
+        for user, movie, label in zip(frame["user"].to_list(), frame["movie"].to_list(), frame["label"].to_list()):
+            assert (user, movie) not in seen, f"{(user, movie)} is in {seen[(user, movie)]} and {split}"
+            seen[(user, movie)] = split
+            assert label == int(ratings[(user, movie)] >= 4)
+    assert seen.keys() == ratings.keys()
+    assert sum(frame["label"].sum() for frame in ml1m.values()) == 575_281  # the README's count of ratings >= 4
+
+
+def test_ml1m_side_fields_come_from_users_and_movies(ml1m, real_file) -> None:
+    users = {}
+    for line in real_file("movielens_1m/users.dat").read_text().splitlines():
+        user, gender, age, occupation, zip_code = line.split("::")
+        users[int(user)] = (gender, age, occupation, zip_code)
+    genres = {}
+    for line in real_file("movielens_1m/movies.dat").read_bytes().decode("latin-1").splitlines():
+        movie, _, listed = line.split("::")
+        genres[int(movie)] = listed.split("|")[0]
+    rows = ml1m["valid"].head(2000).to_dicts()
+    for row in rows:
+        assert (row["gender"], row["age"], row["occupation"], row["zip"]) == users[row["user"]]
+        assert row["genre"] == genres[row["movie"]]
+    assert ml1m["train"].columns == ["label", "user", "movie", "gender", "age", "occupation", "zip", "genre"]
+
+
+def test_ml1m_split_is_seeded(ml1m, real_file) -> None:
+    root = real_file("movielens_1m/ratings_merged.csv.gz").parents[1]
+    again = build_recipe(ML1M, root)
+    assert all(again[s].equals(ml1m[s]) for s in ml1m)
+    other = build_recipe({**ML1M, "seed": 7}, root)
+    assert not other["test"].equals(ml1m["test"]) and other["test"].height == ml1m["test"].height
+
+
+def test_ml1m_names_a_missing_source_file(tmp_path: Path) -> None:
+    (tmp_path / "movielens_1m").mkdir()
+    (tmp_path / "movielens_1m" / "ratings_merged.csv.gz").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"movielens_1m/users\.dat"):
+        recipe_sources(ML1M, tmp_path)
+    (tmp_path / "movielens_1m" / "users.dat").write_text("1::F::1::10::48067\n2::M::56\n")
+    from recsys.features.recipes import read_double_colon
+
+    with pytest.raises(FeatureError, match=r"users\.dat: line 2 has not 5 fields"):
+        read_double_colon(tmp_path / "movielens_1m" / "users.dat", ["user", "gender", "age", "occupation", "zip"])

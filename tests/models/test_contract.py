@@ -33,10 +33,15 @@ def test_the_registry_is_the_config_group() -> None:
 
 
 @pytest.mark.parametrize("name", CTR_MODELS)
-def test_model_contract(name: str, small_synthetic, tmp_path) -> None:
+def test_model_contract(name: str, small_synthetic, retrain_architecture, tmp_path) -> None:
     overrides, datamodule = small_synthetic
     cfg = compose_train_config([f"model={name}", *overrides])
+    # A search-then-retrain model is checked as retrained (from an architecture file), which is what is
+    # trained, exported and served; its search space is covered by tests/tasks/test_search.py.
+    retrain = retrain_architecture(cfg.model, datamodule.schema, datamodule.row_counts(), tmp_path / "architecture.json")
+    cfg = compose_train_config([f"model={name}", *overrides, *retrain])
     model = build_model(cfg.model, datamodule.schema)
+    assert not getattr(model, "searching", False)
     assert isinstance(model, torch.nn.Module)
     batch = next(iter(datamodule.train_dataloader()))
 

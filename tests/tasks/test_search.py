@@ -1,0 +1,210 @@
+"""The search task: bi-level steps (weights on training batches, architecture on validation batches), an
+exact resume from a checkpoint, the test split never read, and the architecture file that a retrain
+takes (its contents in the run id, its copy in the retrain's folder)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as L
+import torch
+
+from recsys.config import ConfigError, build_model, compose_train_config
+from recsys.data import SearchDataModule
+from recsys.runinfo import run_id
+from recsys.search import ArchitectureError, file_digest
+from recsys.tasks.ctr import CTRTask
+from recsys.tasks.search import SearchTask
+
+TINY = {
+    "optinter": ["model=optinter", "model.hidden_units=[16]", "model.dropout=0.0", "model.embedding_dim=4",
+                 "model.pair_dim=3", "model.cross_buckets=300", "model.temperature_decay=0.05"],
+    "dnis": ["model=dnis", "+model.base_params={embedding_dim: 4, hidden_units: [16], dropout: 0.0}", "model.l1=0.01"],
+}
+# DNIS warms up one epoch with plain SGD on its gates, as its official code does.
+TASK = {"optinter": {}, "dnis": {"warmup_epochs": 1, "architecture_optimizer": "sgd", "architecture_learning_rate": 0.05}}
+
+
+def _search(name: str, datamodule, seed: int = 0) -> SearchTask:  # noqa: ANN001
+    torch.manual_seed(seed)
+    cfg = compose_train_config(TINY[name])
+    return SearchTask(build_model(cfg.model, datamodule.schema), **TASK[name])
+
+
+def _trainer(tmp_path: Path, epochs: int) -> L.Trainer:
+    return L.Trainer(max_epochs=epochs, limit_train_batches=3, limit_val_batches=1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, default_root_dir=tmp_path)
+
+
+@pytest.fixture()
+def search_data(small_synthetic) -> SearchDataModule:  # noqa: ANN001
+    _, datamodule = small_synthetic
+    module = SearchDataModule(datamodule.prepared, batch_size=256, eval_batch_size=1024, seed=3)
+    module.setup()
+    return module
+
+
+@pytest.mark.parametrize("name", ["optinter", "dnis"])
+def test_a_search_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does(name: str, search_data, tmp_path) -> None:
+    uninterrupted = _search(name, search_data)
+    _trainer(tmp_path, 3).fit(uninterrupted, datamodule=search_data)
+
+    first = _search(name, search_data)
+    trainer = _trainer(tmp_path, 2)
+    trainer.fit(first, datamodule=search_data)
+    path = tmp_path / "search.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)
+    # The search state is in the checkpoint: the architecture parameters, the step and block buffers, and
+    # both optimisers (the weights' and the architecture's).
+    keys = set(saved["state_dict"])
+    assert {"model.arch_logits", "model.search_steps"} <= keys if name == "optinter" else \
+        {"model.base.embedding.dim_gates.default__4", "model.base.embedding.default__4__row_block", "model.blocks_assigned"} <= keys
+    weights_state, arch_state = saved["optimizer_states"]
+    assert weights_state["state"]  # Adam's moments
+    # OptInter's architecture Adam has moments too; DNIS's plain SGD keeps only its settings.
+    assert bool(arch_state["state"]) == (name == "optinter") and arch_state["param_groups"][0]["lr"] == (0.05 if name == "dnis" else 1e-3)
+
+    resumed = _search(name, search_data, seed=1)  # other initial weights: all must come from the checkpoint
+    _trainer(tmp_path, 3).fit(resumed, datamodule=search_data, ckpt_path=path)
+    a, b = uninterrupted.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    if name == "optinter":
+        assert int(resumed.model.search_steps) == 9  # 3 epochs of 3 search steps
+    else:
+        assert 0.0 <= float(resumed.model.gates().min()) and float(resumed.model.gates().max()) <= 1.0
+        assert not torch.equal(resumed.model.gates().detach(), torch.ones_like(resumed.model.gates()))
+
+
+def test_weights_step_on_training_batches_and_the_architecture_on_validation_batches(search_data, tmp_path) -> None:
+    task = _search("optinter", search_data)
+    seen: list[torch.Tensor] = []
+    forward = task.model.forward
+
+    def recording(batch):  # noqa: ANN001, ANN202
+        seen.append(batch.sparse.clone())
+        return forward(batch)
+
+    task.model.forward = recording
+    before = task.model.arch_logits.detach().clone()
+    grads = []
+    task.model.before_architecture_step = lambda: grads.append(task.model.arch_logits.grad.clone())
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(task, datamodule=search_data)
+    rows = {split: {tuple(r) for r in search_data.load(split).sparse.tolist()} for split in ("train", "valid")}
+    assert len(seen) == 4  # per step: the weights' forward, then the architecture's
+    for i, batch in enumerate(seen):
+        split = "train" if i % 2 == 0 else "valid"
+        assert {tuple(r) for r in batch.tolist()} <= rows[split], f"forward {i} did not read the {split} split"
+    assert len(grads) == 2 and not torch.equal(task.model.arch_logits.detach(), before)
+    assert int(task.model.search_steps) == 2
+
+
+def test_a_search_never_reads_the_test_split(tmp_path) -> None:
+    from recsys.commands.train import train
+    from recsys.config import prepare_configured
+
+    overrides = [*TINY["optinter"], "task=search", "data=synthetic", "data.synthetic.n_train=1500", "data.synthetic.n_valid=500",
+                 "data.synthetic.n_test=500", "data.batch_size=256", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+                 f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'search'}"]
+    cfg = compose_train_config(overrides)
+    prepared = prepare_configured(cfg)
+    # The prepared test split is gone: any read of it fails.
+    prepared.split_path("test").rename(tmp_path / "elsewhere.parquet")
+    metrics = train(cfg, tmp_path / "search")
+    assert metrics["task"] == "search" and metrics["selected_on"] == "valid" and "test" not in metrics
+    assert set(metrics["val"]) == {"auc", "gauc", "logloss"}
+    written = json.loads((tmp_path / "search" / "metrics.json").read_text())
+    assert "test" not in written and written["architecture"]["file"] == "architecture.json"
+    architecture = json.loads((tmp_path / "search" / "architecture.json").read_text())
+    assert architecture["kind"] == "optinter" and len(architecture["pairs"]) == 10
+    assert written["architecture"]["summary"]["counts"] == architecture["counts"]
+    with pytest.raises(RuntimeError, match="never reads the test split"):
+        SearchDataModule(prepared).load("test")
+    # Reports leave a search run out: it is not a result.
+    from recsys.commands.report import collect
+
+    found = collect(tmp_path / "search")
+    assert found.runs == [] and any("search run" in w for w in found.warnings)
+
+
+def test_the_retrain_takes_the_file_by_its_contents_and_keeps_a_copy(tmp_path) -> None:
+    from recsys.commands.train import train
+    from recsys.serving.runs import load_run
+
+    common = ["data=synthetic", "data.synthetic.n_train=1500", "data.synthetic.n_valid=500", "data.synthetic.n_test=500",
+              "data.batch_size=256", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+              f"paths.cache_dir={tmp_path / 'cache'}"]
+    search = tmp_path / "search"
+    train(compose_train_config([*TINY["optinter"], "task=search", *common, f"paths.output_dir={search}"]), search)
+    chosen = search / "architecture.json"
+    retrain = [*TINY["optinter"], *common, f"model.architecture={chosen}"]
+    cfg = compose_train_config([*retrain, f"paths.output_dir={tmp_path / 'retrain'}"])
+    metrics = train(cfg, tmp_path / "retrain")
+    assert metrics["architecture"]["sha256"] == file_digest(chosen) and "test" in metrics
+    assert (tmp_path / "retrain" / "architecture.json").read_bytes() == chosen.read_bytes()
+    pairs = json.loads(chosen.read_text())["pairs"]
+    assert metrics["architecture"]["summary"]["counts"]["memorise"] == sum(m == "memorise" for m in pairs.values())
+
+    # The run id follows the file's contents, not its path.
+    moved = tmp_path / "elsewhere.json"
+    shutil.copyfile(chosen, moved)
+    resolved = lambda path: run_id(__import__("omegaconf").OmegaConf.to_container(  # noqa: E731
+        compose_train_config([*TINY["optinter"], *common, f"model.architecture={path}"]), resolve=True))
+    assert resolved(moved) == resolved(chosen) == metrics["run_id"]
+    edited = json.loads(moved.read_text())
+    edited["pairs"]["user*item"] = "naive" if edited["pairs"]["user*item"] != "naive" else "memorise"
+    moved.write_text(json.dumps(edited))
+    assert resolved(moved) != resolved(chosen)
+
+    # The retrained run needs nothing of the search: its model is rebuilt from its own copy.
+    shutil.rmtree(search)
+    run = load_run(tmp_path / "retrain")
+    assert run.scorer.model.methods == pairs
+
+
+def test_a_search_space_is_only_searched_and_a_retrained_model_never_is(small_synthetic, tmp_path) -> None:
+    from recsys.commands.train import train
+
+    overrides, datamodule = small_synthetic
+    cfg = compose_train_config([*TINY["optinter"], *overrides, f"paths.cache_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="was built as its search space .* search it with task=search"):
+        train(cfg, tmp_path / "run")
+    retrained = build_model(compose_train_config([*TINY["optinter"], "model.architecture=memorise"]).model, datamodule.schema)
+    with pytest.raises(ValueError, match="needs a searchable model built as its search space"):
+        SearchTask(retrained)
+    with pytest.raises(ValueError, match="which has no search space"):
+        SearchTask(build_model(compose_train_config(["model=fm"]).model, datamodule.schema))
+    with pytest.raises(ArchitectureError, match="only its search space"):
+        retrained.derive_architecture()
+    assert isinstance(CTRTask(retrained), CTRTask)
+
+
+def test_warm_up_epochs_are_never_the_selected_search_state(tmp_path) -> None:
+    """DNIS warms up one epoch with its gates at 1, then a search that wrecks the gates (a huge L1 and
+    step size close every gate at once): the warm-up scores better, but only search epochs are candidates,
+    so the selected state and the architecture are the search's, not the untouched warm start."""
+    from recsys.commands.train import train
+
+    out = tmp_path / "search"
+    cfg = compose_train_config([*TINY["dnis"], "model.l1=100.0", "task=search", "task.warmup_epochs=1",
+                                "task.architecture_optimizer=sgd", "task.architecture_learning_rate=10.0",
+                                "data=synthetic", "data.synthetic.n_train=1500", "data.synthetic.n_valid=500",
+                                "data.synthetic.n_test=500", "data.batch_size=256", "trainer.max_epochs=2",
+                                "trainer.enable_progress_bar=false", f"paths.cache_dir={tmp_path / 'cache'}",
+                                f"paths.output_dir={out}"])
+    metrics = train(cfg, out)
+    warm, searched = metrics["history"]
+    assert (warm["searching"], searched["searching"]) == (0.0, 1.0)
+    assert warm["auc"] > searched["auc"]  # the wrecked search is worse, and still the one selected
+    assert metrics["best_epoch"] == 1 and metrics["val"]["auc"] == pytest.approx(searched["auc"], abs=1e-6)
+    architecture = json.loads((out / "architecture.json").read_text())
+    assert min(min(row) for row in architecture["gates"]) == 0.0  # the warm start's gates were all 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt"]
