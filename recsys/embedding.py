@@ -12,6 +12,7 @@ fused table, and `flat()` puts the groups' outputs back into schema order with o
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -64,6 +65,13 @@ class FeatureEmbedding(nn.Module):
         fields: only these fields (schema order is kept); default all feature fields.
         seq_pooling: how `forward` pools a sequence field ("mean" or "sum" over non-padding items).
         init_std: embeddings start as N(0, init_std^2); padding rows are zero.
+
+    Padding rows (id 0 of every vocabulary table) stay zero through training: a hook zeroes their
+    gradient once it is accumulated. Masking alone does not keep them neutral: a sequence model's batch
+    statistics (Dice's batch norm over every history position, padding included) send gradient into the
+    row a history's padding looks up, and Adam turns even a tiny gradient into a step of about the
+    learning rate. Zeroing a few rows of the accumulated gradient costs O(rows x dim) per step, where
+    masking the lookups would cost a pass over every [B, L, D] lookup.
     """
 
     def __init__(
@@ -136,6 +144,7 @@ class FeatureEmbedding(nn.Module):
                     table = torch.randn(n_rows, width) * init_std
                     table[pad_rows] = 0.0
                     self.weights[group.key] = nn.Parameter(table)
+                    self._buffer(group, "pad_rows", pad_rows)
                 if group.dense_fields:
                     self.weights[group.key + "__dense"] = nn.Parameter(torch.randn(len(group.dense_fields), width) * init_std)
                 groups.append(group)
@@ -151,6 +160,29 @@ class FeatureEmbedding(nn.Module):
                 if n in dims:
                     order.extend(range(start[n], start[n] + dims[n]))
             self.register_buffer(f"{table_set}__flat_order", torch.tensor(order, dtype=torch.long), persistent=False)
+        self.hold_padding_rows()
+
+    def hold_padding_rows(self, force: bool = False) -> None:
+        """Register, on every fused table that has no such hook yet, the hook that zeroes its padding rows'
+        gradient. Idempotent; called at construction, after unpickling or a deep copy (which make new
+        Parameters without hooks: `force`, since pickling keeps a Parameter's attributes but not its hooks)
+        and on each training forward (in case a table was replaced, e.g. by `load_state_dict(assign=True)`)."""
+        owner = weakref.ref(self)  # no reference cycle module -> parameter -> hook -> module
+        for key, param in self.weights.items():
+            if key.endswith("__dense") or (getattr(param, "_holds_padding_rows", False) and not force):
+                continue
+
+            def zero_padding_grad(p: torch.Tensor, key: str = key) -> None:
+                module = owner()
+                if module is not None and p.grad is not None:
+                    p.grad.index_fill_(0, getattr(module, f"{key}__pad_rows"), 0.0)
+
+            param.register_post_accumulate_grad_hook(zero_padding_grad)
+            param._holds_padding_rows = True
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.hold_padding_rows(force=True)
 
     def _buffer(self, group: _Group, name: str, values: list[int]) -> None:
         self.register_buffer(f"{group.key}__{name}", torch.tensor(values, dtype=torch.long), persistent=False)
@@ -212,11 +244,15 @@ class FeatureEmbedding(nn.Module):
         groups = self.groups[table]
         if len(groups) != 1:
             raise ValueError(f"table set {table!r} has several widths: use flat()")
+        if self.training:
+            self.hold_padding_rows()
         return self._group_fields(batch, groups[0], pooled_sequences)
 
     def flat(self, batch: Batch, table: str = "default") -> torch.Tensor:
         """All field embeddings concatenated in schema order, [B, sum of widths]."""
         groups = self.groups[table]
+        if self.training:
+            self.hold_padding_rows()
         if len(groups) == 1:
             return self._group_fields(batch, groups[0]).flatten(1)
         joined = torch.cat([self._group_fields(batch, g).flatten(1) for g in groups], dim=1)

@@ -149,3 +149,22 @@ def test_mini_batch_aware_l2_weights_each_looked_up_row_by_its_inverse_count(fit
     plain = emb.l2_penalty(batch, "batch_rows") - dense
     assert torch.allclose(emb.l2_penalty(batch, "mba") - dense, plain / 4, rtol=1e-5)
     assert plain > 0
+
+
+def test_padding_rows_get_no_gradient_also_in_copies(fitted) -> None:
+    """Whatever reaches a padding row's gradient (here: summing unmasked sequence lookups) is zeroed, in the
+    layer as built and in its deep copy and unpickled copy (which hold new Parameters)."""
+    import copy
+    import pickle
+
+    schema, batch = fitted
+    built = FeatureEmbedding(schema, 3, tables={"default": 3, "linear": 1}, init_std=1.0)
+    assert bool((batch.seq == 0).any())
+    for emb in (built, copy.deepcopy(built), pickle.loads(pickle.dumps(built))):
+        seq, _ = emb.sequences(batch)
+        (seq.sum() + emb(batch, "linear").sum()).backward()
+        for key, rows in emb.table_rows.items():
+            grad = emb.weights[key].grad
+            pads = [first for first, _ in rows.values()]
+            assert torch.count_nonzero(grad[pads]) == 0, key
+            assert torch.count_nonzero(grad) > 0
