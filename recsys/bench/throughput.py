@@ -353,17 +353,16 @@ def profile_step(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.step()
 
     # The MLP's matrix products: forward x W^T, and backward dY W (input gradient) and dY^T x (weight gradient).
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    gemms = []
-    for linear in linears:
+    operands = []
+    for linear in (m for m in model.modules() if isinstance(m, torch.nn.Linear)):
         n, k = linear.weight.shape
-        x, w, dy = torch.randn(rows, k), torch.randn(n, k), torch.randn(rows, n)
-        gemms += [lambda x=x, w=w: x @ w.T, lambda dy=dy, w=w: dy @ w, lambda dy=dy, x=x: dy.T @ x]
-    gemm_flops = sum(2 * rows * m.weight.shape[0] * m.weight.shape[1] * 3 for m in linears)
+        operands += [((rows, k), (k, n)), ((rows, n), (n, k)), ((n, rows), (rows, k))]
+    gemms = [(torch.randn(a), torch.randn(b)) for a, b in operands]
+    gemm_flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in gemms)
 
     def plain_gemms() -> None:
-        for g in gemms:
-            g()
+        for a, b in gemms:
+            torch.mm(a, b)
 
     for _ in range(args.warmup):
         step()
@@ -376,12 +375,15 @@ def profile_step(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         plain_gemms()
         gemm_times.append(time.perf_counter() - t0)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         for _ in range(args.profiled_steps):
             step()
-    ops = {e.key: e.self_cpu_time_total / 1000 / args.profiled_steps for e in prof.key_averages()}
-    profiled_ms = sum(ops.values())
+    events = prof.key_averages()
+    ops = {e.key: e.self_cpu_time_total / 1000 / args.profiled_steps for e in events}
     matmul_ops = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")
+    # What the profiler counts for the step's matrix products: the plain GEMMs above must be the same work.
+    profiled_matmul_flops = sum(e.flops for e in events if e.key in matmul_ops and e.flops) / args.profiled_steps
+    profiled_ms = sum(ops.values())
     matmul_ms = sum(ms for name, ms in ops.items() if name in matmul_ops)
     step_ms = statistics.median(step_times) * 1000
     plain_ms = statistics.median(gemm_times) * 1000
@@ -389,7 +391,7 @@ def profile_step(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "batch": rows, "threads": torch.get_num_threads(), "step_ms": step_ms, "step_ms_min": min(step_times) * 1000,
         "samples_per_second": rows / step_ms * 1000,
-        "gemm_gflop_per_step": gemm_flops / 1e9,
+        "gemm_gflop_per_step": gemm_flops / 1e9, "profiled_matmul_gflop_per_step": profiled_matmul_flops / 1e9,
         "plain_gemm_ms": plain_ms, "plain_gemm_gflops": gemm_flops / plain_ms / 1e6,
         "plain_gemm_gflops_best": gemm_flops / min(gemm_times) / 1e9,
         # Profiled shares, scaled to the median step: the profiler's own overhead spreads evenly.

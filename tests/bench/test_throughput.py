@@ -134,3 +134,17 @@ def test_fuxictr_needs_its_interpreter_and_model_code(monkeypatch, tmp_path) -> 
     args.fuxictr_model_zoo = str(tmp_path / "no-zoo")
     with pytest.raises(SystemExit, match="model_zoo"):
         bench.run_throughput(args)
+
+
+def test_the_profile_times_plain_gemms_of_the_steps_own_matrix_products(real_file) -> None:
+    """The GEMM ceiling is only meaningful if the plain GEMMs do the step's own products: the same FLOPs as
+    the profiler counts for the step's mm/addmm calls. A real Frappe_x1 batch, two steps."""
+    real_file("frappe_x1/train.csv")
+    args = argparse.Namespace(threads=1, seed=2021, warmup=1, steps=2, profiled_steps=1)
+    p = bench.profile_step(args)
+    assert p["gemm_gflop_per_step"] == pytest.approx(p["profiled_matmul_gflop_per_step"], rel=1e-6)
+    assert p["gemm_gflop_per_step"] > 8  # DeepFM's 400-wide MLP on 4096 rows: about 8.9 GFLOP a step
+    assert p["step_matmul_ms"] + p["step_other_ms"] == pytest.approx(p["step_ms"])
+    assert p["step_other_ms"] > 0 and len(p["top_other_ops_ms"]) == 10
+    text = bench.profile_markdown(p)
+    assert "GFLOP/s" in text and f"{p['limit_samples_per_second_gemm_only']:,.0f} samples/s" in text
