@@ -51,7 +51,7 @@ class InMemoryLoader:
 
     def __init__(self, feature_map, data_path, split="train", batch_size=32, shuffle=False, **kwargs):  # noqa: ANN001
         import torch
-        from fuxictr.pytorch.dataloaders import ParquetDataLoader
+        from fuxictr.pytorch.dataloaders.parquet_dataloader import ParquetDataLoader
 
         source = ParquetDataLoader(feature_map, data_path, split="test", batch_size=65536, shuffle=False)
         parts = list(source)
