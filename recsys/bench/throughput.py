@@ -221,11 +221,16 @@ def command(c: Contender, args: argparse.Namespace, out: Path, tag: str) -> list
     common = ["--max-epochs", str(args.max_epochs), "--seed", str(args.seed), "--threads", str(args.threads or 0)]
     if c.library == "fuxictr":
         return [args.peer_python, str(PEER_SCRIPT), "--model", {"deepfm": "DeepFM", "finalmlp": "FinalMLP"}[c.model],
-                "--data", str(frappe_dir()), "--work", str(out / "fuxictr-work"), "--model-zoo", args.fuxictr_model_zoo,
+                "--data", str(frappe_dir()), "--work", str(fuxictr_work(args, out)), "--model-zoo", args.fuxictr_model_zoo,
                 "--precision", c.precision, "--loader", args.fuxictr_loader, *common]
     worker = "ours" if c.library == "ours" else "peer_deepctr"
     return [sys.executable, "-m", "recsys.bench.throughput", worker, "--model", c.model, "--precision", c.precision,
             "--out", str(out), "--tag", tag, *common]
+
+
+def fuxictr_work(args: argparse.Namespace, out: Path) -> Path:
+    """Where FuxiCTR keeps its built dataset and checkpoints: --fuxictr-work, or under the output folder."""
+    return Path(args.fuxictr_work) if args.fuxictr_work else out / "fuxictr-work"
 
 
 def frappe_dir() -> Path:
@@ -448,7 +453,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     _prepared_frappe()  # fit our features once, outside the timings
     if "fuxictr" in peers:  # FuxiCTR's own preprocessing, once, outside the timings
         prep = [args.peer_python, str(PEER_SCRIPT), "--prepare-only", "--data", str(frappe_dir()),
-                "--work", str(out / "fuxictr-work"), "--model-zoo", args.fuxictr_model_zoo]
+                "--work", str(fuxictr_work(args, out)), "--model-zoo", args.fuxictr_model_zoo]
         _in_subprocess(prep, out / "logs" / "fuxictr-prepare.log")
     results: dict[str, list[dict[str, Any]]] = {c.key: [] for c in the_plan.contenders}
     loads = [os.getloadavg()[0]]
@@ -488,6 +493,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="the FuxiCTR environment's python (default $FUXICTR_PYTHON)")
     thr.add_argument("--fuxictr-model-zoo", default=os.environ.get("FUXICTR_MODEL_ZOO"),
                      help="model_zoo/ of a reczoo/FuxiCTR clone (default $FUXICTR_MODEL_ZOO)")
+    thr.add_argument("--fuxictr-work", default=None,
+                     help="FuxiCTR's data_root/model_root (default OUT/fuxictr-work); reuse one to skip its preprocessing")
     thr.add_argument("--fuxictr-loader", default="ray", choices=["ray", "memory"],
                      help="ray: FuxiCTR's shipped loader; memory: whole splits as tensors (its model and loop only)")
     thr.add_argument("--finalmlp", action="store_true", help="also FinalMLP (ours, and FuxiCTR's with --peer fuxictr)")
