@@ -146,5 +146,8 @@ def test_the_profile_times_plain_gemms_of_the_steps_own_matrix_products(real_fil
     assert p["gemm_gflop_per_step"] > 8  # DeepFM's 400-wide MLP on 4096 rows: about 8.9 GFLOP a step
     assert p["step_matmul_ms"] + p["step_other_ms"] == pytest.approx(p["step_ms"])
     assert p["step_other_ms"] > 0 and len(p["top_other_ops_ms"]) == 10
-    text = bench.profile_markdown(p)
-    assert "GFLOP/s" in text and f"{p['limit_samples_per_second_gemm_only']:,.0f} samples/s" in text
+    assert 0 < p["plain_gemm_cpu_ms"] and 0 < p["step_cpu_ms"]
+    ceiling = p["limit_samples_per_second_gemm_only"]
+    text = bench.profile_markdown(p, {"slow peer": ceiling / 4, "fast peer": ceiling})
+    assert "GFLOP/s" in text and f"{ceiling:,.0f} samples/s" in text
+    assert f"{2 * ceiling / 4:,.0f} samples/s: within" in text and f"{2 * ceiling:,.0f} samples/s: beyond" in text
