@@ -189,8 +189,10 @@ class Plan:
     groups: list[tuple[str, str, list[tuple[Contender, Contender | None]]]] = field(default_factory=list)
 
 
-def plan(peers: list[str], finalmlp: bool, bf16: bool) -> Plan:
-    """The contenders, in the order of a round, and the comparisons the tables show."""
+def plan(peers: list[str], finalmlp: bool, bf16: bool, peer_variants: bool = True) -> Plan:
+    """The contenders, in the order of a round, and the comparisons the tables show. Without
+    `peer_variants`, the peers run DeepFM in fp32 only: our FinalMLP is then compared with DeepCTR-Torch's
+    DeepFM alone, and our bf16 run is shown without a ratio."""
     ours = Contender("ours", "deepfm", "fp32")
     contenders = [ours] + [Contender(p, "deepfm", "fp32") for p in peers]
     groups = [("Like for like: DeepFM against DeepFM, all fp32", "", [(ours, Contender(p, "deepfm", "fp32")) for p in peers])]
@@ -198,7 +200,7 @@ def plan(peers: list[str], finalmlp: bool, bf16: bool) -> Plan:
         ours_final = Contender("ours", "finalmlp", "fp32")
         contenders.append(ours_final)
         pairs = [(ours_final, Contender("deepctr", "deepfm", "fp32"))] if "deepctr" in peers else []
-        if "fuxictr" in peers:
+        if "fuxictr" in peers and peer_variants:
             contenders.append(Contender("fuxictr", "finalmlp", "fp32"))
             pairs.append((ours_final, Contender("fuxictr", "finalmlp", "fp32")))
         groups.append(("FinalMLP, fp32", "Against DeepCTR-Torch's DeepFM this is NOT like for like: a different "
@@ -208,12 +210,15 @@ def plan(peers: list[str], finalmlp: bool, bf16: bool) -> Plan:
         ours_bf16 = Contender("ours", "deepfm", "bf16")
         contenders.append(ours_bf16)
         pairs = []
-        for p in peers:
+        for p in peers if peer_variants else []:
             contenders.append(Contender(p, "deepfm", "bf16"))
             pairs.append((ours_bf16, Contender(p, "deepfm", "bf16")))
-        groups.append(("DeepFM in bf16", "Ours with trainer.precision=bf16-mixed (Lightning's torch.autocast on CPU); "
-                       "each peer's training steps under torch.autocast('cpu', bfloat16), evaluation in fp32 (their "
-                       "prediction paths convert to numpy, which has no bfloat16).", pairs or [(ours_bf16, None)]))
+        note = ("Ours with trainer.precision=bf16-mixed (Lightning's torch.autocast on CPU); each peer's training steps "
+                "under torch.autocast('cpu', bfloat16), evaluation in fp32 (their prediction paths convert to numpy, "
+                "which has no bfloat16).") if pairs else (
+                "Ours with trainer.precision=bf16-mixed (Lightning's torch.autocast on CPU). No peer ran under bf16 "
+                "here, so this row has no ratio: set against an fp32 peer it would not compare like with like.")
+        groups.append(("DeepFM in bf16", note, pairs or [(ours_bf16, None)]))
     return Plan(contenders, groups)
 
 
@@ -462,7 +467,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         if not args.fuxictr_model_zoo or not Path(args.fuxictr_model_zoo).is_dir():
             raise SystemExit("--peer fuxictr needs --fuxictr-model-zoo: the model_zoo/ folder of a reczoo/FuxiCTR clone "
                              "(docs/peers.md)")
-    the_plan = plan(peers, args.finalmlp, args.precision == "bf16-mixed")
+    the_plan = plan(peers, args.finalmlp, args.precision == "bf16-mixed", args.peer_variants)
     out = Path(args.out or f"outputs/bench/throughput-{time.strftime('%Y%m%d-%H%M%S')}")
     (out / "logs").mkdir(parents=True, exist_ok=True)
     _prepared_frappe()  # fit our features once, outside the timings
@@ -517,6 +522,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     thr.add_argument("--finalmlp", action="store_true", help="also FinalMLP (ours, and FuxiCTR's with --peer fuxictr)")
     thr.add_argument("--precision", default=None, choices=["bf16-mixed"],
                      help="also DeepFM in bf16: ours bf16-mixed, each peer under bf16 autocast")
+    thr.add_argument("--peer-variants", action=argparse.BooleanOptionalAction, default=True,
+                     help="peers also run FinalMLP (FuxiCTR) and bf16 autocast; --no-peer-variants: DeepFM fp32 only "
+                          "(our bf16 row is then shown without a ratio)")
     thr.add_argument("--profile", action="store_true", help="also profile one of our fp32 DeepFM steps against plain GEMMs")
     thr.add_argument("--max-epochs", type=int, default=100)
     thr.add_argument("--seed", type=int, default=2021)

@@ -118,10 +118,16 @@ def test_bf16_is_compared_only_with_peers_under_bf16(monkeypatch, tmp_path, caps
     assert "| DeepCTR-Torch DeepFM (bf16 autocast) | 2,000 (2,000–2,000) | 3.00 (3.00–3.00)x |" in bf16_table
 
 
-def test_a_bf16_run_without_a_bf16_peer_shows_no_ratio() -> None:
-    the_plan = bench.plan([], finalmlp=False, bf16=True)
-    (bf16_group,) = [g for g in the_plan.groups if "bf16" in g[0]]
-    assert bf16_group[2] == [(bench.Contender("ours", "deepfm", "bf16"), None)]
+def test_a_bf16_run_without_a_bf16_peer_shows_no_ratio(monkeypatch, tmp_path, capsys) -> None:
+    order = _fake_runs(monkeypatch, tmp_path)
+    report = bench.run_throughput(_args(tmp_path, "--repeats", "1", "--precision", "bf16-mixed", "--finalmlp",
+                                        "--no-peer-variants"))
+    assert order == ["ours-deepfm-fp32", "deepctr-deepfm-fp32", "fuxictr-deepfm-fp32", "ours-finalmlp-fp32",
+                     "ours-deepfm-bf16"]  # the peers run DeepFM in fp32 only
+    bf16 = [c for c in report["comparisons"] if c["ours"] == "ours-deepfm-bf16"]
+    assert bf16 == [{"group": "DeepFM in bf16", "ours": "ours-deepfm-bf16", "peer": None}]
+    bf16_table = capsys.readouterr().out.split("### DeepFM in bf16")[1]
+    assert "no ratio" in bf16_table and "| recsys-zoo DeepFM (bf16-mixed) | 6,000 (6,000–6,000) | — |" in bf16_table
 
 
 def test_fuxictr_needs_its_interpreter_and_model_code(monkeypatch, tmp_path) -> None:
