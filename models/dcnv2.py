@@ -47,7 +47,9 @@ class CrossNetMix(nn.Module):
         x = x0
         for u, v, c, b in zip(self.u, self.v, self.c, self.bias):
             low = torch.tanh(torch.einsum("bd,edr->ber", x, v))
-            low = torch.tanh(torch.einsum("ber,ers->bes", low, c))
+            # C_e applied to the column vector (C_e z, as the paper and FuxiCTR write it), not z^T C_e: the same
+            # family of models, but weights copied from FuxiCTR then compute what they computed there.
+            low = torch.tanh(torch.einsum("ber,esr->bes", low, c))
             experts = x0.unsqueeze(1) * (torch.einsum("bes,eds->bed", low, u) + b)  # [B, E, D]
             weights = torch.softmax(self.gate(x), dim=1).unsqueeze(-1)
             x = (experts * weights).sum(dim=1) + x

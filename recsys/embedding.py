@@ -25,6 +25,7 @@ A layer without these options keeps the one-gather fast path.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,14 @@ class FeatureEmbedding(nn.Module):
             width is its `tables` entry (an int). A pair named "a*b" gets V_a * V_b rows (exact ids)
             when that is at most `cross_buckets`, else `cross_buckets` hashed rows.
         cross_buckets: the most rows one pair of a cross set may have.
+
+    Padding rows (id 0 of every vocabulary table; a packed table's stored entries of those rows) stay zero
+    through training (a cross set's rows are pairs of real ids, none of them padding): a hook zeroes their
+    gradient once it is accumulated. Masking alone does not keep them neutral: a sequence model's batch
+    statistics (Dice's batch norm over every history position, padding included) send gradient into the
+    row a history's padding looks up, and Adam turns even a tiny gradient into a step of about the
+    learning rate. Zeroing a few rows of the accumulated gradient costs O(rows x dim) per step, where
+    masking the lookups would cost a pass over every [B, L, D] lookup.
     """
 
     def __init__(
@@ -171,6 +180,7 @@ class FeatureEmbedding(nn.Module):
                     table = torch.randn(n_rows, width) * init_std
                     table[pad_rows] = 0.0
                     self.weights[group.key] = nn.Parameter(table)
+                    self._buffer(group, "pad_rows", pad_rows)
                 if group.dense_fields:
                     self.weights[group.key + "__dense"] = nn.Parameter(torch.randn(len(group.dense_fields), width) * init_std)
                 groups.append(group)
@@ -186,6 +196,31 @@ class FeatureEmbedding(nn.Module):
                 if n in dims:
                     order.extend(range(start[n], start[n] + dims[n]))
             self.register_buffer(f"{table_set}__flat_order", torch.tensor(order, dtype=torch.long), persistent=False)
+        self.hold_padding_rows()
+
+    def hold_padding_rows(self, force: bool = False) -> None:
+        """Register, on every fused table that has no such hook yet, the hook that zeroes its padding rows'
+        gradient. Idempotent; called at construction, after unpickling or a deep copy (which make new
+        Parameters without hooks: `force`, since pickling keeps a Parameter's attributes but not its hooks)
+        and on each training forward (in case a table was replaced, e.g. by `load_state_dict(assign=True)`)."""
+        owner = weakref.ref(self)  # no reference cycle module -> parameter -> hook -> module
+        for key, param in self.weights.items():
+            if getattr(param, "_holds_padding_rows", False) and not force:
+                continue
+            if not hasattr(self, f"{key}__pad_rows"):  # dense field vectors and cross sets have no padding rows
+                continue
+
+            def zero_padding_grad(p: torch.Tensor, key: str = key) -> None:
+                module = owner()
+                if module is not None and p.grad is not None:
+                    p.grad.index_fill_(0, getattr(module, f"{key}__pad_rows"), 0.0)
+
+            param.register_post_accumulate_grad_hook(zero_padding_grad)
+            param._holds_padding_rows = True
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.hold_padding_rows(force=True)
 
     def _add_cross_set(self, schema: Schema, table_set: str, width: DimSpec, pairs: Sequence[Sequence[str]],
                        cross_buckets: int) -> None:
@@ -342,11 +377,15 @@ class FeatureEmbedding(nn.Module):
         groups = self.groups[table]
         if len(groups) != 1:
             raise ValueError(f"table set {table!r} has several widths: use flat()")
+        if self.training:
+            self.hold_padding_rows()
         return self._group_fields(batch, groups[0], pooled_sequences)
 
     def flat(self, batch: Batch, table: str = "default") -> torch.Tensor:
         """All field embeddings concatenated in schema order, [B, sum of widths]."""
         groups = self.groups[table]
+        if self.training:
+            self.hold_padding_rows()
         if len(groups) == 1:
             return self._group_fields(batch, groups[0]).flatten(1)
         joined = torch.cat([self._group_fields(batch, g).flatten(1) for g in groups], dim=1)
@@ -459,8 +498,12 @@ class FeatureEmbedding(nn.Module):
         values = torch.randn(total) * self.init_std
         pads = torch.tensor([offset for offset, _ in tables.values()], dtype=torch.long)
         pad_entries, pad_blocks = self._packed_entries(group, pads)
-        values[pad_entries[self._get(group, "block_mask")[pad_blocks].bool()]] = 0.0  # padding rows start at zero
+        pad_values = pad_entries[self._get(group, "block_mask")[pad_blocks].bool()]
+        values[pad_values] = 0.0  # padding rows start at zero
         self.weights[group.key] = nn.Parameter(values)
+        # The padding hook (hold_padding_rows) now zeroes these stored entries, not rows of a [rows, dim] table.
+        self.register_buffer(f"{group.key}__pad_rows", pad_values.flatten(), persistent=False)
+        self.hold_padding_rows()
 
     def _packed_entries(self, group: _Group, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[..., dim] positions in the packed values of rows `ids` (for each dimension), and the rows'

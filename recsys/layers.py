@@ -29,6 +29,31 @@ class Dice(nn.Module):
         return x * gate.view_as(x)
 
 
+class Dropout(nn.Module):
+    """Inverted dropout, as nn.Dropout: in training each entry is kept with probability 1 - p and scaled by
+    1 / (1 - p); in evaluation, the identity. The keep mask comes from `torch.rand` >= p instead of
+    nn.Dropout's `bernoulli_`: the same distribution, but on CPU bernoulli_ draws about 6x slower than
+    rand (30 vs 5 ms for a 4096 x 400 batch on one core), which made dropout 15% of a DeepFM training
+    step. The uniforms are drawn in float32 whatever the input's dtype, so p keeps its float32 resolution
+    under bf16 autocast."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        uniform = torch.rand(x.shape, device=x.device, dtype=torch.float32)
+        mask = uniform.ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return x * (mask if x.dtype == torch.float32 else mask.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "prelu": nn.PReLU,
                "leaky_relu": nn.LeakyReLU, "dice": Dice}
 
@@ -68,7 +93,7 @@ class MLP(nn.Sequential):
                 layers.append(nn.BatchNorm1d(units))
             layers.append(activation(activation_name, units))
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = units
         if output_dim is not None:
             layers.append(nn.Linear(width, output_dim))

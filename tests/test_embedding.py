@@ -254,3 +254,38 @@ def test_dimension_gates_scale_each_row_by_its_blocks_weights(wide) -> None:
     assert gates.grad is not None and torch.count_nonzero(gates.grad) > 0
     with pytest.raises(ValueError, match="already gated or packed"):
         emb.keep_dims("default", {})
+def test_padding_rows_get_no_gradient_also_in_copies(fitted) -> None:
+    """Whatever reaches a padding row's gradient (here: summing unmasked sequence lookups) is zeroed, in the
+    layer as built and in its deep copy and unpickled copy (which hold new Parameters)."""
+    import copy
+    import pickle
+
+    schema, batch = fitted
+    built = FeatureEmbedding(schema, 3, tables={"default": 3, "linear": 1}, init_std=1.0)
+    assert bool((batch.seq == 0).any())
+    for emb in (built, copy.deepcopy(built), pickle.loads(pickle.dumps(built))):
+        seq, _ = emb.sequences(batch)
+        (seq.sum() + emb(batch, "linear").sum()).backward()
+        for key, rows in emb.table_rows.items():
+            grad = emb.weights[key].grad
+            pads = [first for first, _ in rows.values()]
+            assert torch.count_nonzero(grad[pads]) == 0, key
+            assert torch.count_nonzero(grad) > 0
+
+
+def test_a_packed_tables_padding_rows_stay_zero_after_steps(wide) -> None:
+    """A packed (DNIS-retrained) table stores entries, not rows: the padding hook must zero the stored
+    entries of each table's padding row, or a lookup of padding (id 0) drifts away from zero under Adam."""
+    schema, batch = wide
+    emb = FeatureEmbedding(schema, tables={"default": 4}, init_std=1.0)
+    emb.keep_dims("default", {"a": [(0, 7, [0, 3]), (7, 32, [1])], "b": [(0, 22, [0, 1, 2, 3])], "c": [(0, 5, [2, 0])]})
+    padded = batch.take(torch.arange(len(batch)))
+    padded.sparse[::2] = 0  # every other row looks up every table's padding row
+    optimizer = torch.optim.Adam(emb.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        emb(padded).sum().backward()  # a gradient of 1 on every looked-up entry, padding included
+        optimizer.step()
+    out = emb(padded).detach()
+    assert torch.count_nonzero(out[::2]) == 0
+    assert torch.count_nonzero(out[1::2]) > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys.layers import MLP, Dice, fm_interaction
+from recsys.layers import MLP, Dice, Dropout, fm_interaction
 
 
 def test_mlp_order_and_output_dim() -> None:
@@ -13,6 +13,24 @@ def test_mlp_order_and_output_dim() -> None:
     kinds = [type(m).__name__ for m in mlp]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
     assert mlp(torch.randn(4, 10)).shape == (4, 1) and mlp.output_dim == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_keeps_1_minus_p_scaled_and_routes_the_gradient_through_the_kept(dtype: torch.dtype) -> None:
+    drop = Dropout(0.2).train()
+    x = (torch.rand(1000, 1000) + 1.0).to(dtype).requires_grad_()  # no zeros: a zero output means dropped
+    y = drop(x)
+    kept = y != 0
+    # 1e6 draws: the kept fraction's standard deviation is 4e-4, so 3e-3 only fails a wrong keep rate.
+    assert abs(kept.float().mean().item() - 0.8) < 3e-3
+    torch.testing.assert_close(y[kept].float(), (x[kept] / 0.8).float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+    assert y.dtype == dtype
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)
+    torch.testing.assert_close(x.grad[kept].float(), torch.full((int(kept.sum()),), 1 / 0.8), rtol=1e-2, atol=0)
+    assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
 
 
 def test_fm_interaction_equals_the_pairwise_sum() -> None:

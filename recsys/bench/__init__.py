@@ -1,7 +1,7 @@
 """`recsys bench ...`: benchmarks anyone can rerun, one module per benchmark, built on the library.
 
     recsys bench zoo          the zoo's CTR models on one dataset and a leaderboard   (zoo.py)
-    recsys bench throughput   our training speed against the peer libraries            (throughput.py)
+    recsys bench throughput   our training speed against the peer libraries, in turns (throughput.py)
     recsys bench sequence     SDIM / DIN-long / DARE speed over history lengths        (sequence.py)
     recsys bench accuracy     a suite of experiments over seeds, and its claims        (accuracy.py)
     recsys bench serve        the HTTP endpoint under load, ONNX Runtime vs PyTorch   (serve.py)

@@ -3,7 +3,7 @@
     recsys train [hydra overrides]        one run (or a sweep with -m), writes metrics.json
     recsys data inspect data=NAME         a dataset before training: rows, label rate, fields, warnings
     recsys bench zoo [--data ...]         the zoo's models on one dataset, and a leaderboard
-    recsys bench throughput [...]         our training speed against DeepCTR-Torch, side by side
+    recsys bench throughput [...]         our training speed against DeepCTR-Torch and FuxiCTR, in turns
     recsys bench sequence [...]           SDIM / DIN-long / DARE speed over history lengths
     recsys bench accuracy [--suite ...]   a suite of experiments over seeds (mean ± sd) and its claims
     recsys report RUNS_DIR [...]          leaderboard (CSV, Markdown) and an HTML report of many runs

@@ -77,7 +77,7 @@ def test_unknown_suite_and_claims_on_missing_runs_are_named(tmp_path: Path) -> N
     with pytest.raises(SystemExit, match=r"not in the suite: \['a/y'\]"):
         load_suite(str(bad))
     runs, claims = load_suite("sequence")  # the shipped suite is well-formed
-    assert len(runs) == 12 and len(claims) == 7
+    assert len(runs) == 13 and len(claims) == 7
 
 
 def _fake_run(out: Path, name: str, seed: int, test: dict, monitor: str = "val/auc") -> None:

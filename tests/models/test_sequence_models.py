@@ -61,15 +61,27 @@ def test_sdim_long_interest_depends_on_the_whole_history(small_synthetic) -> Non
     assert changed[long_rows].float().mean() > 0.5
 
 
+def _history_padding_row(model: torch.nn.Module) -> int:
+    """The fused row a history's padding id looks up: row 0 of the item table (hist_item shares it), which
+    sits after the user table's rows, not at row 0 of the fused parameter."""
+    embedding = model.behaviours.embedding
+    (hist,) = [f for f in embedding.groups["default"][0].seq_fields if f == "hist_item"]
+    first, _ = embedding.table_rows["default__16"]["item"]
+    assert first > 0  # not the user table's padding row
+    return first
+
+
 def test_din_ignores_padding_and_max_history_truncates(small_synthetic) -> None:
     _, dm = small_synthetic
     model = _model("din", dm)
     batch = _batch(dm)
+    assert bool((batch.seq == 0).any())  # the batch has history padding to ignore
     with torch.no_grad():
         base = model(batch)
-        # The pad row of the shared table is zero and masked: its content cannot matter.
-        model.behaviours.embedding.weights["default__16"][0] = 5.0
+        # The padding row the histories read is masked out of the attention: its content cannot matter.
+        model.behaviours.embedding.weights["default__16"][_history_padding_row(model)] = 5.0
         assert torch.allclose(model(batch), base, atol=1e-6)
+        model.behaviours.embedding.weights["default__16"][_history_padding_row(model)] = 0.0
         model.max_history = 3
         older = batch.seq.clone()
         older[:, :, :-3] = torch.where(older[:, :, :-3] != 0, 2, 0)
@@ -172,3 +184,46 @@ def test_din_trains_with_mini_batch_aware_regularisation(small_synthetic, tmp_pa
     assert inverse.min() < 0.1 and inverse.max() == 1.0
     batch = dm.load("train").take(slice(0, 256))
     assert 0 < task.regularization(batch) < CTRTask(model, embedding_l2=0.1).regularization(batch)
+
+
+@pytest.mark.parametrize("name", ["din", "sdim", "dare"])
+def test_padding_rows_stay_zero_and_neutral_after_training_steps(name: str, small_synthetic) -> None:
+    """Dice's batch statistics (and SDIM's and DARE's lookups) see every history position, padding
+    included; the padding rows of every table of the shared layer must still be exactly zero after
+    Adam steps, and padding must not change a score."""
+    from recsys.embedding import FeatureEmbedding
+    from recsys.tasks.ctr import CTRTask
+
+    _, dm = small_synthetic
+    model = build_model(compose_train_config([f"model={name}"]).model, dm.schema)
+    task = CTRTask(model, learning_rate=1e-2)
+    optimizer = task.configure_optimizers()["optimizer"]
+    batches = iter(dm.train_dataloader())
+    model.train()
+    for _ in range(3):
+        batch = next(batches)
+        assert bool((batch.seq == 0).any())
+        optimizer.zero_grad()
+        task.training_step(batch, 0).backward()
+        optimizer.step()
+    layers = [m for m in model.modules() if isinstance(m, FeatureEmbedding)]
+    checked = 0
+    for layer in layers:
+        for key, rows in layer.table_rows.items():
+            weight = layer.weights[key]
+            for table, (first, _) in rows.items():
+                assert torch.count_nonzero(weight[first]) == 0, f"{name}: padding row of table {table!r} in {key} moved"
+                checked += 1
+            assert torch.count_nonzero(weight) > weight.shape[0]  # the rest did train
+    assert checked >= 2  # several tables, each with its own padding row
+    # Padding is neutral in the trained model too: whatever its rows held, the scores would not change.
+    model.eval()
+    batch = _batch(dm)
+    with torch.no_grad():
+        before = model(batch)
+        for layer in layers:
+            for key, rows in layer.table_rows.items():
+                for first, _ in rows.values():
+                    layer.weights[key][first] = 5.0
+        assert torch.allclose(model(batch), before, atol=1e-5)
+        assert before.std() > 1e-4
