@@ -70,6 +70,8 @@ def test_sasrec_learns_beauty_and_beats_most_popular(real_file, tmp_path) -> Non
     metrics = train(cfg, tmp_path)
     popular = most_popular_next_item(build_datamodule(cfg), "test")
     assert metrics["dataset"] == "s3rec_Beauty" and metrics["monitor"] == "val/ndcg@20"
+    # The full ranking of all 22,363 users is timed (docs/next_item.md reports Yelp's).
+    assert sorted(metrics["eval_seconds"]) == ["test", "val"] and 0 < metrics["eval_seconds"]["test"] < metrics["fit_seconds"]
     assert metrics["test"]["ndcg@10"] > 3 * popular["ndcg@10"], (metrics["test"], popular)
     assert metrics["test"]["hr@10"] > 2 * popular["hr@10"], (metrics["test"], popular)
 def test_optinter_search_on_movielens_1m_factorises_user_by_movie(real_file, tmp_path) -> None:

@@ -156,10 +156,17 @@ def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callb
     trainer.fit(task, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
     ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
+    # Each evaluation of the selected checkpoint is timed: for a next-item task it is the full ranking of
+    # every user against every item (docs/next_item.md reports Yelp's).
+    start = time.perf_counter()
     val = trainer.validate(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+    eval_seconds = {"val": time.perf_counter() - start}
     # A search run is not a result: only its retrain is evaluated on test (recsys/tasks/search.py).
     evaluates_test = getattr(task, "evaluates_test", True)
+    start = time.perf_counter()
     test = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0] if evaluates_test else None
+    if evaluates_test:
+        eval_seconds["test"] = time.perf_counter() - start
 
     history = task.history
     best = task.best_epoch()
@@ -181,6 +188,7 @@ def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callb
         "train_seconds": throughput.seconds,
         "train_epoch_seconds": throughput.epoch_seconds,
         "fit_seconds": fit_seconds,
+        "eval_seconds": eval_seconds,  # the selected checkpoint's evaluation, checkpoint loading included
         "time_to_best_seconds": best["elapsed_seconds"] if best else None,
         # Each process counts its own shard; together they trained world_size times as many rows.
         "train_samples_per_second": throughput.samples * trainer.world_size / throughput.seconds if throughput.seconds else None,
