@@ -329,7 +329,7 @@ def recipe_sources(config: Mapping[str, Any], data_root: str | Path | None) -> d
     if data_root in (None, "", "None", "null"):
         raise FileNotFoundError(
             f"recipe {name!r} reads {sorted(relative.values())} from RECSYS_DATA_DIR, which is not set: point it "
-            f"at the folder that holds them (for this repository, ../shared/data)"
+            f"at the folder that holds them"
         )
     paths = {role: Path(str(data_root)) / rel for role, rel in relative.items()}
     missing = [str(p) for p in paths.values() if not p.exists()]

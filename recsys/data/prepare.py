@@ -79,7 +79,7 @@ def resolve_files(data_cfg: Mapping[str, Any]) -> dict[str, Path]:
     if root in (None, "", "None", "null"):
         raise FileNotFoundError(
             f"dataset {data_cfg['name']!r} reads from RECSYS_DATA_DIR, which is not set: point it at the folder "
-            f"that holds {data_cfg['name']}/ (for this repository, ../shared/data)"
+            f"that holds {data_cfg['name']}/"
         )
     files = {split: Path(str(root)) / str(data_cfg["files"][split]) for split in SPLITS}
     missing = [str(p) for p in files.values() if not p.exists()]
