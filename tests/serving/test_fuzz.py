@@ -261,3 +261,79 @@ def _healthy_after(client: Client, examples: int) -> None:
     assert status == 200 and 'status="5' not in text
     served_requests = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("recsys_requests_total{"))
     assert served_requests >= examples  # the examples really reached the server
+
+
+# ---------------------------------------------------------------- /v1/recommend
+RECOMMEND_EXAMPLES = int(os.environ.get("RECSYS_FUZZ_EXAMPLES", "400"))
+ks = st.one_of(st.integers(min_value=-5, max_value=1_005), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+               st.booleans(), st.none(), st.text(max_size=5), st.sampled_from([1, 10, 1000, 1001, "10", 10.0, [10]]))
+
+
+@st.composite
+def recommend_bodies(draw: st.DrawFn, histories: list[dict]) -> bytes:
+    """A /v1/recommend body: real histories, some broken (items of any JSON type, one delimited string,
+    unknown items, the field missing or renamed), with any `k`, or anything at all."""
+    if draw(st.integers(0, 5)) == 0:
+        return draw(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+    instances: list[Any] = []
+    for _ in range(draw(st.integers(min_value=0, max_value=4))):
+        history = list(draw(st.sampled_from(histories))["history"])
+        action = draw(st.sampled_from(["keep", "keep", "items", "string", "unknown", "drop", "rename", "any"]))
+        if action == "items":
+            history[draw(st.integers(0, max(0, len(history) - 1)))] = draw(json_values)
+        elif action == "string":
+            history = "^".join(history)
+        elif action == "unknown":
+            history = history + [draw(st.text(max_size=8))]
+        instance: Any = {"history": history}
+        if action == "drop":
+            instance = {}
+        elif action == "rename":
+            instance = {draw(st.text(max_size=8)): history}
+        elif action == "any":
+            instance = {"history": draw(json_values)}
+        instances.append(instance)
+    payload: dict[str, Any] = {"instances": instances}
+    if draw(st.integers(0, 4)):
+        payload["k"] = draw(ks)
+    return json.dumps(payload).encode()
+
+
+@pytest.fixture(scope="module")
+def served_next_item(exported, tiny_runs):
+    model = load_export(exported("sasrec"))
+    histories, _ = tiny_runs.raw_histories(20)
+    with running_server(create_app(ModelHolder(lambda: model), LIMITS, token=TOKEN)) as address:
+        client = Client(address)
+        yield client, histories
+        client.close()
+
+
+def test_fuzz_recommend(served_next_item) -> None:
+    """No body reaches a 5xx; a 200 holds, per instance, at most k distinct raw items with finite scores,
+    best first, none of them in the instance's history; some requests are answered 200 and some refused."""
+    client, histories = served_next_item
+    statuses = []
+
+    @fuzz(RECOMMEND_EXAMPLES)
+    @given(body=recommend_bodies(histories), extra=headers())
+    def one(body: bytes, extra: dict[str, str]) -> None:
+        status, data, answer_headers = client.send("POST", "/v1/recommend", body, extra)
+        _checked(status, data, answer_headers, "POST", "/v1/recommend", body)
+        statuses.append(status)
+        if status != 200:
+            return
+        payload = json.loads(body)
+        k = payload.get("k", 10)
+        assert len(json.loads(data)["recommendations"]) == len(payload["instances"])
+        for instance, found in zip(payload["instances"], json.loads(data)["recommendations"]):
+            items = [r["item"] for r in found]
+            scores = [r["score"] for r in found]
+            history = instance["history"]
+            history = set(history.split("^")) if isinstance(history, str) else {str(i) for i in history}
+            assert len(items) <= k and len(set(items)) == len(items) and not set(items) & history, (items, history)
+            assert all(isinstance(s, float) and math.isfinite(s) for s in scores) and scores == sorted(scores, reverse=True)
+
+    one()
+    assert statuses.count(200) >= RECOMMEND_EXAMPLES // 10 and sum(400 <= s < 500 for s in statuses) >= RECOMMEND_EXAMPLES // 10
+    _healthy_after(client, RECOMMEND_EXAMPLES)
