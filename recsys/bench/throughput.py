@@ -85,7 +85,7 @@ def run_peer_deepctr(args: argparse.Namespace) -> dict[str, Any]:
     call, validation AUC after each, LR x0.1 on a plateau, stop after 2 epochs without a better AUC, test
     AUC of the best epoch's weights.
 
-    What is matched (docs/benchmarks/throughput.md, "Matching DeepCTR-Torch"):
+    What is matched (docs/peers.md, "DeepCTR-Torch"):
     - the loss: DeepCTR's `fit` sums the BCE over the batch (it passes reduction='sum' to the loss) and adds
       lambda * sum(w^2) to it, so relative to the data its L2 was 4096x weaker than BARS's mean BCE +
       lambda/2 * sum(w^2). The loss here is the mean BCE (the reduction DeepCTR passes is ignored), with

@@ -173,7 +173,7 @@ def test_a_retrained_dnis_export_stores_fewer_weights_by_the_pruned_entries(expo
     """DNIS retrained on DeepFM stores only its kept embedding entries, so the weights inside its ONNX file
     are fewer than DeepFM's (same data, same settings) by 4 bytes per pruned entry, not a table of masked
     zeros. (The file as a whole also carries per-node metadata, a few dozen kilobytes more for the packed
-    lookup's nodes, which the real tables' savings dwarf: docs/benchmarks/search.md.)"""
+    lookup's nodes, which the real tables' savings dwarf.)"""
     from onnx import numpy_helper
 
     def stored(model: str) -> int:
