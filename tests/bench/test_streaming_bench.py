@@ -39,6 +39,10 @@ def test_a_tiny_run_measures_every_step_per_size_and_compares_memory_with_disk(t
         assert size["loader"]["rows"] == size["rows"] == size["arrays"]["rows"]
         for step in ("fit", "transform", "arrays", "loader"):
             assert 0 < size[step]["peak_rss_gib"] < 4 and size[step]["seconds"] > 0
+        loader = size["loader"]
+        # The pass's own CPU time (not the wall time, not a whole process's), and the arrays it read.
+        assert 0 < loader["cpu_seconds"] <= 2 * loader["seconds"] + 0.05
+        assert loader["arrays_gib"] == pytest.approx(size["arrays"]["arrays_gib"]) and loader["read_gib"] >= 0
     assert not (tmp_path / "data" / "prepared-12000").exists()  # deleted once measured (no --keep)
     runs = result["train"]["runs"]
     assert [r["contender"] for r in runs] == ["memory (global order)", "memory (block order)", "disk (block order)"] * 2
@@ -46,7 +50,7 @@ def test_a_tiny_run_measures_every_step_per_size_and_compares_memory_with_disk(t
     by = {r["contender"]: r["test_auc"] for r in runs}
     assert by["memory (block order)"] == pytest.approx(by["disk (block order)"], abs=1e-6)  # the same batches
     checks = result["checks"]
-    assert set(checks["cost_per_row_largest_over_smallest"]) == {"fit", "transform", "arrays", "loader"}
+    assert set(checks["cost_per_row_largest_over_smallest"]) == {"fit", "transform", "arrays", "loader", "loader_cpu"}
     assert {"rss_goals_met", "throughput_goal_met", "auc_goal_met"} <= set(checks)
     table = (out / "streaming.md").read_text()
     assert "| 6,000 |" in table and "| 12,000 |" in table and "| disk (block order) |" in table
