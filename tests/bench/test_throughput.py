@@ -44,6 +44,32 @@ def test_deepctr_deepfm_trains_on_bars_objective(small_synthetic) -> None:
     assert norm.item() == pytest.approx(10.0, rel=1e-3)  # unclipped, it would be 100 x sqrt(parameters) > 6e4
 
 
+def test_a_peer_under_bf16_runs_its_forward_pass_in_autocast_and_its_optimiser_step_outside(small_synthetic) -> None:
+    """Under bf16 a peer trains as Lightning's bf16-mixed trains ours: forward in autocast, loss, backward and
+    optimiser step outside (wrapping DeepCTR-Torch's whole `fit` in autocast left it unable to learn), and
+    evaluation in fp32."""
+    pytest.importorskip("deepctr_torch")
+    _, dm = small_synthetic
+    model = bench.deepctr_deepfm(dm.schema, seed=1)
+    bench.autocast_forward(model)
+    seen: dict[str, list] = {"mlp_out": [], "step_in_autocast": []}
+    model.dnn_linear.register_forward_hook(lambda mod, i, o: seen["mlp_out"].append((mod.training, o.dtype)))
+    step = model.optim.step
+
+    def recording_step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen["step_in_autocast"].append(torch.is_autocast_cpu_enabled())
+        return step(*args, **kwargs)
+
+    model.optim.step = recording_step
+    batch = next(iter(dm.train_dataloader()))
+    inputs = {f.name: batch.sparse[:, i].numpy() for i, f in enumerate(dm.schema.sparse)}
+    model.fit(inputs, batch.label.float().numpy(), batch_size=64, epochs=1, verbose=0)
+    model.predict(inputs, batch_size=256)
+    assert seen["step_in_autocast"] and not any(seen["step_in_autocast"])
+    assert {dtype for training, dtype in seen["mlp_out"] if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen["mlp_out"] if not training} == {torch.float32}
+
+
 # ------------------------------------------------------------------------------------------ the command
 SPEEDS = {"ours": 3000.0, "deepctr": 1000.0, "fuxictr": 1500.0}  # samples/s in round 1, before the round's factor
 
@@ -116,6 +142,18 @@ def test_bf16_is_compared_only_with_peers_under_bf16(monkeypatch, tmp_path, caps
     bf16_table = capsys.readouterr().out.split("### DeepFM in bf16")[1]
     assert "fp32" not in bf16_table.replace("evaluation in fp32", "")
     assert "| DeepCTR-Torch DeepFM (bf16 autocast) | 2,000 (2,000–2,000) | 3.00 (3.00–3.00)x |" in bf16_table
+
+
+def test_bf16_only_runs_the_bf16_contenders_in_turns_as_the_like_for_like_table(monkeypatch, tmp_path, capsys) -> None:
+    order = _fake_runs(monkeypatch, tmp_path)
+    report = bench.run_throughput(_args(tmp_path, "--repeats", "2", "--precision", "bf16-mixed", "--bf16-only"))
+    assert order == ["ours-deepfm-bf16", "deepctr-deepfm-bf16", "fuxictr-deepfm-bf16"] * 2
+    assert [(c["ours"], c["peer"]) for c in report["comparisons"]] == [("ours-deepfm-bf16", "deepctr-deepfm-bf16"),
+                                                                       ("ours-deepfm-bf16", "fuxictr-deepfm-bf16")]
+    first = capsys.readouterr().out.split("### ")[1]
+    assert first.startswith("Like for like: DeepFM against DeepFM, all under bf16 autocast") and "fp32 |" not in first
+    with pytest.raises(SystemExit, match="--bf16-only needs --precision bf16-mixed"):
+        bench.run_throughput(_args(tmp_path, "--bf16-only"))
 
 
 def test_a_bf16_run_without_a_bf16_peer_shows_no_ratio(monkeypatch, tmp_path, capsys) -> None:

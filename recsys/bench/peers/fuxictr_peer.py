@@ -139,13 +139,16 @@ def main(argv: list[str]) -> dict:
     train_gen, valid_gen = RankDataLoader(feature_map, stage="train", **params)
 
     if args.precision == "bf16":
-        train_step = model.train_step
+        # The forward pass alone under autocast, while training, as Lightning's bf16-mixed runs ours and as the
+        # DeepCTR-Torch peer runs (recsys.bench.throughput.autocast_forward; this file runs in FuxiCTR's own
+        # interpreter and cannot import it): loss, backward and optimiser step stay outside.
+        forward = model.forward
 
-        def autocast_train_step(batch_data):  # noqa: ANN001, ANN202
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return train_step(batch_data)
+        def bf16_forward(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.training):
+                return forward(*args, **kwargs)
 
-        model.train_step = autocast_train_step
+        model.forward = bf16_forward
 
     # fit() evaluates inside train_epoch (eval_step after an epoch's last batch): time those apart.
     clock = {"eval_seconds": 0.0, "evaluations": 0, "best": float("-inf"), "best_at": None, "best_epoch": None}
