@@ -68,7 +68,7 @@ class SuiteRun:
         return self.name.split("/", 1)[-1]
 
 
-def load_suite(suite: str) -> tuple[list[SuiteRun], list[dict[str, Any]]]:
+def _suite_path(suite: str) -> Path:
     """A suite by name (conf/suites/<name>.yaml) or by path to a YAML file."""
     path = Path(suite)
     if not path.suffix:
@@ -76,9 +76,20 @@ def load_suite(suite: str) -> tuple[list[SuiteRun], list[dict[str, Any]]]:
     if not path.is_file():
         known = sorted(p.stem for p in Path(str(files("recsys.conf") / "suites")).glob("*.yaml"))
         raise SystemExit(f"unknown suite {suite!r}: no file {path}; the suites are {known}")
+    return path
+
+
+def _suite_spec(suite: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    spec = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    return OmegaConf.to_container(OmegaConf.load(_suite_path(suite))) or {}
+
+
+def load_suite(suite: str) -> tuple[list[SuiteRun], list[dict[str, Any]]]:
+    """A suite by name (conf/suites/<name>.yaml) or by path to a YAML file. `claims_from: NAME` takes the
+    claims of another suite (its runs must be in this one)."""
+    path = _suite_path(suite)
+    spec = _suite_spec(suite)
     runs = []
     for r in spec.get("runs") or []:
         search = r.get("search")
@@ -91,6 +102,11 @@ def load_suite(suite: str) -> tuple[list[SuiteRun], list[dict[str, Any]]]:
     if not runs or len(set(names)) != len(names):
         raise SystemExit(f"suite {path}: needs runs with unique names (got {names})")
     claims = list(spec.get("claims") or [])
+    if spec.get("claims_from"):
+        # One list of claims for suites that run the same rows at different budgets (search, search_short).
+        if claims:
+            raise SystemExit(f"suite {path}: has both claims and claims_from; keep one")
+        claims = _suite_spec(spec["claims_from"]).get("claims") or []
     for claim in claims:
         if claim.get("kind") not in CLAIM_KINDS:
             raise SystemExit(f"suite {path}: claim {claim} has kind {claim.get('kind')!r}; expected one of {CLAIM_KINDS}")

@@ -279,8 +279,8 @@ def summarise(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     for s in sizes:
         p = s["loader"]
         lines.append(f"| {_label(s['rows'])} | {p['seconds']:.1f} | {s['rows'] / p['seconds']:,.0f} | "
-                     f"{p['seconds'] / s['rows'] * 1e9:.0f} | {p.get('cpu_seconds', float('nan')) / s['rows'] * 1e9:.0f} | "
-                     f"{p.get('arrays_gib', float('nan')):.1f} | {p.get('read_gib', float('nan')):.1f} | {p['peak_rss_gib']:.2f} |")
+                     f"{p['seconds'] / s['rows'] * 1e9:.0f} | {p['cpu_seconds'] / s['rows'] * 1e9:.0f} | "
+                     f"{p['arrays_gib']:.1f} | {p['read_gib']:.1f} | {p['peak_rss_gib']:.2f} |")
     big = sizes[-1]
     checks["fit_rss_beyond_vocabularies_gib"] = max(s["fit"]["peak_rss_gib"] - s["fit"]["vocab_gib"] for s in sizes)
     checks["transform_rss_beyond_vocabularies_gib"] = max(s["transform"]["peak_rss_gib"] - s["transform"]["vocab_gib"]
@@ -297,9 +297,8 @@ def summarise(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
         checks["cost_per_row_largest_over_smallest"] = {
             step: per_row(big, step) / per_row(small, step) for step in ("fit", "transform", "arrays", "loader")}
-        if "cpu_seconds" in big["loader"] and "cpu_seconds" in small["loader"]:
-            checks["cost_per_row_largest_over_smallest"]["loader_cpu"] = (
-                big["loader"]["cpu_seconds"] / big["rows"]) / (small["loader"]["cpu_seconds"] / small["rows"])
+        checks["cost_per_row_largest_over_smallest"]["loader_cpu"] = (
+            big["loader"]["cpu_seconds"] / big["rows"]) / (small["loader"]["cpu_seconds"] / small["rows"])
         checks["loader_rss_largest_over_smallest"] = big["loader"]["peak_rss_gib"] / small["loader"]["peak_rss_gib"]
     train = result.get("train")
     if train:

@@ -80,6 +80,16 @@ def test_unknown_suite_and_claims_on_missing_runs_are_named(tmp_path: Path) -> N
     assert len(runs) == 13 and len(claims) == 7
 
 
+def test_a_suite_can_take_another_suites_claims() -> None:
+    """search_short runs search's rows at a cut budget and is judged by the same claims (one list of them)."""
+    from recsys.bench.accuracy import load_suite
+
+    short_runs, short_claims = load_suite("search_short")
+    full_runs, full_claims = load_suite("search")
+    assert [r.name for r in short_runs] == [r.name for r in full_runs]
+    assert len(full_claims) == 14 and short_claims == full_claims
+
+
 def _fake_run(out: Path, name: str, seed: int, test: dict, monitor: str = "val/auc") -> None:
     path = out / "runs" / name / f"seed-{seed}"
     path.mkdir(parents=True)
