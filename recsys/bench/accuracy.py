@@ -253,6 +253,7 @@ def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[di
                 if len(vs) == len(ms):  # a metric every seed has
                     row[key], row[key + "_sd"] = _mean_sd(vs)
             row["dataset"] = ms[0]["dataset"]
+            row["seeds_at_epoch_cap"] = sorted(seed for seed, m in metrics.items() if _stopped_at_epoch_cap(m))
         rows.append(row)
     baselines = {table: baselines_of_runs(run_dir(out, r, s) for r in runs if r.table == table for s in seeds)
                  for table in dict.fromkeys(r.table for r in runs)}
@@ -279,8 +280,20 @@ def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[di
             result.update(status="holds" if claim_holds(claim["kind"], diff, tolerance) else "fails", difference=diff,
                           seeds_where_a_wins=sum(d > 0 for d in paired), seeds_where_it_holds=sum(
                               claim_holds(claim["kind"], d, tolerance) for d in paired), seeds_compared=len(common))
+        capped = [r["name"] for r in (a, b) if r.get("seeds_at_epoch_cap")]
+        if capped and metric.split("/", 1)[0] in ("val", "test"):  # a parameter count does not converge
+            result["rows_at_epoch_cap"] = capped
         checked.append(result)
     return {"seeds": seeds, "rows": rows, "claims": checked, "baselines": baselines}
+
+
+def _stopped_at_epoch_cap(metrics: dict[str, Any]) -> bool:
+    """Whether a run ran every epoch its trainer allowed and selected the last one: it was still improving,
+    so the cap (trainer.max_epochs), not early stopping, ended it, and its figures are not converged. A
+    claim that compares such a run measures how fast the two sides learn, not how well."""
+    cap = ((metrics.get("config") or {}).get("trainer") or {}).get("max_epochs")
+    epochs, best = metrics.get("epochs"), metrics.get("best_epoch")
+    return cap is not None and epochs == cap and best == epochs - 1
 
 
 def _below_baseline(row: dict[str, Any], baselines: list[dict[str, Any]]) -> str | None:
@@ -294,6 +307,13 @@ def _below_baseline(row: dict[str, Any], baselines: list[dict[str, Any]]) -> str
     if best is None or beats(row[row["selection_metric"]], float(best["val"][split_key]), mode):
         return None
     return str(best.get("model"))
+
+
+def _flags(row: dict[str, Any]) -> list[str]:
+    flags = [f"BELOW BASELINE ({row['below_baseline']})"] if row.get("below_baseline") else []
+    if row.get("seeds_at_epoch_cap"):
+        flags.append(f"AT EPOCH CAP ({len(row['seeds_at_epoch_cap'])}/{len(row['seeds'])} seeds)")
+    return flags
 
 
 def _pm(row: dict[str, Any], key: str, digits: int = 4) -> str:
@@ -310,13 +330,15 @@ TABLE_METRICS = ("test/auc", "test/gauc", "test/logloss", "test/ndcg@10", "test/
 def markdown(summary: dict[str, Any]) -> str:
     lines = [f"Seeds: {', '.join(map(str, summary['seeds']))}. Mean ± sd over seeds; test metrics of the epoch "
              "with the best value of the validation metric each run is selected on. Rows named 'baseline: ...' learn only "
-             "counts from train (recsys.baselines); BELOW BASELINE marks a row whose validation mean does not beat the best of them."]
+             "counts from train (recsys.baselines); BELOW BASELINE marks a row whose validation mean does not beat the best of them; "
+             "AT EPOCH CAP a row with seeds that ran every epoch the trainer allowed and selected the last (still improving: "
+             "not converged)."]
     for table in dict.fromkeys(r["table"] for r in summary["rows"]):
         members = [r for r in summary["rows"] if r["table"] == table]
         selection = list(dict.fromkeys(r["selection_metric"] for r in members if "selection_metric" in r))
         columns = selection + [c for c in TABLE_METRICS if any(c in r for r in members) and c not in selection]
         names = [c.replace("/", " ") for c in columns]
-        flagged = any(r.get("below_baseline") for r in members)
+        flagged = any(_flags(r) for r in members)
         searched = any("search_fit_seconds" in r for r in members)
         extra = " search s |" if searched else ""
         lines += ["", f"### {table}", "", "| run | seeds | " + " | ".join(names) + f" | epochs | train s |{extra} params |"
@@ -325,7 +347,7 @@ def markdown(summary: dict[str, Any]) -> str:
         for r in members:
             params = f"{round(r['num_parameters']):,}" if "num_parameters" in r else "—"
             cells = " | ".join(_pm(r, c) for c in columns)
-            flag = (f" BELOW BASELINE ({r['below_baseline']}) |" if r.get("below_baseline") else " |") if flagged else ""
+            flag = f" {'; '.join(_flags(r))} |" if flagged else ""
             search = f" {_pm(r, 'search_fit_seconds', 0)} |" if searched else ""
             lines.append(f"| {r['row']} | {len(r['seeds'])} | {cells} | {_pm(r, 'epochs', 1)} | {_pm(r, 'train_seconds', 0)} |"
                          f"{search} {params} |{flag}")
@@ -341,7 +363,9 @@ def markdown(summary: dict[str, Any]) -> str:
             diff = f"{c['difference']:+.4f}" if "difference" in c else "—"
             wins = f"{c['seeds_where_a_wins']}/{c['seeds_compared']}" if "seeds_compared" in c else "—"
             holds = f"{c['seeds_where_it_holds']}/{c['seeds_compared']}" if "seeds_compared" in c else "—"
-            lines.append(f"| {claim_text(c)} | {diff} | {wins} | {holds} | {c['status']} |")
+            status = c["status"] + (f" (not converged: {', '.join(c['rows_at_epoch_cap'])} stopped at the epoch cap)"
+                                    if c.get("rows_at_epoch_cap") else "")
+            lines.append(f"| {claim_text(c)} | {diff} | {wins} | {holds} | {status} |")
     architectures = [r for r in summary["rows"] if any(k.startswith("share/") or k == "kept_entries" for k in r)]
     if architectures:
         lines += ["", "### Architectures (seed means)", "", "| run | memorise | factorise | naive | kept entries | reduction |",

@@ -217,3 +217,29 @@ def test_a_search_entry_searches_then_retrains_its_architecture_and_resumes_at_t
     assert again.returncode == 0 and "0 runs already done, 1 to go" in again.stdout
     assert (run / "search" / "metrics.json").stat().st_mtime_ns == search_stamp
     assert json.loads((run / "metrics.json").read_text())["architecture"]["sha256"] == retrain["architecture"]["sha256"]
+
+
+def test_a_row_still_improving_at_its_epoch_cap_is_flagged_and_so_are_its_claims(tmp_path: Path) -> None:
+    from recsys.bench.accuracy import SuiteRun, markdown, summarise
+
+    out = tmp_path / "out"
+    # (epochs run, best epoch, cap): capped = ran every allowed epoch and selected the last one.
+    histories = {"t/capped": [(10, 9, 10), (10, 9, 10)], "t/stopped": [(10, 8, 10), (6, 5, 100)]}
+    for name, seeds in histories.items():
+        for seed, (epochs, best, cap) in enumerate(seeds, start=1):
+            _fake_run(out, name, seed, {"auc": 0.8})
+            path = out / "runs" / name / f"seed-{seed}" / "metrics.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "epochs": epochs, "best_epoch": best,
+                                        "config": {"trainer": {"max_epochs": cap}}}))
+    runs = [SuiteRun("t/capped", None), SuiteRun("t/stopped", None)]
+    summary = summarise(out, runs, [1, 2], [{"kind": "at_least", "a": "t/capped", "b": "t/stopped"},
+                                            {"kind": "at_least", "a": "t/stopped", "b": "t/stopped"},
+                                            {"kind": "at_most", "a": "t/capped", "b": "t/stopped", "metric": "num_parameters"}])
+    rows = {r["name"]: r for r in summary["rows"]}
+    assert rows["t/capped"]["seeds_at_epoch_cap"] == [1, 2] and rows["t/stopped"]["seeds_at_epoch_cap"] == []
+    flagged, clean, size = summary["claims"]
+    assert flagged["rows_at_epoch_cap"] == ["t/capped"] and "rows_at_epoch_cap" not in clean
+    assert "rows_at_epoch_cap" not in size  # a parameter count is what it is at any epoch
+    table = markdown(summary)
+    assert table.count("AT EPOCH CAP (2/2 seeds)") == 1
+    assert "holds (not converged: t/capped stopped at the epoch cap)" in table
