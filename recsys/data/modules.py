@@ -72,14 +72,20 @@ class SplitsDataModule(L.LightningDataModule):
     def source(self, split: str, batch_size: int, *, shuffle: bool) -> BatchSource:
         """The batch source of one split for this process. A training source starts at the trainer's epoch,
         so a run resumed from a checkpoint draws the orders it would have."""
-        source: BatchSource = BatchIterator(self.load(split), batch_size, shuffle=shuffle, seed=self.seed, **self._shard())
-        return self._at_epoch(source) if shuffle else source
-
-    def _at_epoch(self, source: BatchSource) -> BatchSource:
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            source.set_epoch(trainer.current_epoch)
+        source = self._split_source(split, batch_size, shuffle=shuffle)
+        epoch = self._trainer_epoch()
+        if shuffle and epoch is not None:
+            source.set_epoch(epoch)
         return source
+
+    def _split_source(self, split: str, batch_size: int, *, shuffle: bool) -> BatchSource:
+        """The split's batches from this module's storage (whole-split Batches here)."""
+        return BatchIterator(self.load(split), batch_size, shuffle=shuffle, seed=self.seed, **self._shard())
+
+    def _trainer_epoch(self) -> int | None:
+        """The attached trainer's current epoch; None outside a trainer."""
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else int(trainer.current_epoch)
 
     def train_dataloader(self) -> BatchSource:
         return self.source("train", self.batch_size, shuffle=True)
@@ -180,16 +186,14 @@ class CTRDataModule(SplitsDataModule):
         """Training occurrence counts per vocabulary table, from the fitted feature artifacts."""
         return FeaturePipeline.load(self.prepared.features_dir).row_counts()
 
-    def source(self, split: str, batch_size: int, *, shuffle: bool) -> BatchSource:
-        """The batch source of one split for this process, from this run's storage."""
+    def _split_source(self, split: str, batch_size: int, *, shuffle: bool) -> BatchSource:
+        """The split's batches from this run's storage: whole-split Batches in memory, or read from disk."""
         if self.resolve_storage() == "memory":
             block_rows = self.block_rows if self.resolved_order == "blocks" else None
-            source: BatchSource = BatchIterator(self.load(split), batch_size, shuffle=shuffle, seed=self.seed,
-                                                block_rows=block_rows, **self._shard())
-        else:
-            source = DiskSource(self.load_arrays(split), batch_size, shuffle=shuffle, seed=self.seed,
-                                block_rows=self.block_rows, **self._shard())
-        return self._at_epoch(source) if shuffle else source
+            return BatchIterator(self.load(split), batch_size, shuffle=shuffle, seed=self.seed, block_rows=block_rows,
+                                 **self._shard())
+        return DiskSource(self.load_arrays(split), batch_size, shuffle=shuffle, seed=self.seed,
+                          block_rows=self.block_rows, **self._shard())
 
 
 class NextItemDataModule(SplitsDataModule):
@@ -302,13 +306,9 @@ class SearchDataModule(CTRDataModule):
             raise RuntimeError("a search never reads the test split: only the retrained model is evaluated on it")
         return super().load(split)
 
-    def _epoch(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return int(trainer.current_epoch) if trainer is not None else 0
-
     def train_dataloader(self) -> PairedBatches:
         return PairedBatches(self.load("train"), self.load("valid"), self.batch_size, self.seed,
-                             epoch=self._epoch if getattr(self, "trainer", None) is not None else None, **self._shard())
+                             epoch=self._trainer_epoch if self._trainer_epoch() is not None else None, **self._shard())
 
     def test_dataloader(self) -> BatchIterator:
         return self.load("test")  # raises
