@@ -31,23 +31,32 @@ class Dice(nn.Module):
 
 class Dropout(nn.Module):
     """Inverted dropout, as nn.Dropout: in training each entry is kept with probability 1 - p and scaled by
-    1 / (1 - p); in evaluation, the identity. The keep mask comes from `torch.rand` >= p instead of
-    nn.Dropout's `bernoulli_`: the same distribution, but on CPU bernoulli_ draws about 6x slower than
-    rand (30 vs 5 ms for a 4096 x 400 batch on one core), which made dropout 15% of a DeepFM training
-    step. The uniforms are drawn in float32 whatever the input's dtype, so p keeps its float32 resolution
-    under bf16 autocast."""
+    1 / (1 - p); in evaluation, the identity. The keep mask compares 16 random bits per entry with a
+    threshold, the bits cut from full-range 64-bit draws, four entries per draw: on CPU the generator's cost
+    is per draw, so this is 3.5x cheaper than one float32 `torch.rand` per entry (1.4 against 4.7 ms for a
+    4096 x 400 batch on one core), itself 6x cheaper than nn.Dropout's `bernoulli_`; dropout's random numbers
+    were 17% of a DeepFM training step. The drop rate is p rounded to a multiple of 1/65536
+    (`keep_probability`: within 8e-6 of 1 - p); the scale is nn.Dropout's 1 / (1 - p)."""
 
     def __init__(self, p: float = 0.5):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
+        dropped = round(p * 65536)  # of the 65536 values of 16 bits, these many drop
+        # Signed 16-bit values run from -32768: those below the threshold (`dropped` of them) drop.
+        self.threshold = dropped - 32768
+        self.keep_probability = 1.0 - dropped / 65536
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        uniform = torch.rand(x.shape, device=x.device, dtype=torch.float32)
-        mask = uniform.ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        n = x.numel()
+        # random_(-2**63, None) draws the whole int64 range; a plain random_() leaves the top bit 0, which
+        # would bias every fourth entry's bits.
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)
+        bits = words.view(torch.int16)[:n].view(x.shape)
+        mask = bits.ge(self.threshold).to(torch.float32).mul_(1.0 / (1.0 - self.p))
         return x * (mask if x.dtype == torch.float32 else mask.to(x.dtype))
 
     def extra_repr(self) -> str:

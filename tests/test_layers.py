@@ -33,6 +33,18 @@ def test_dropout_keeps_1_minus_p_scaled_and_routes_the_gradient_through_the_kept
         Dropout(1.0)
 
 
+@pytest.mark.parametrize("p", [0.05, 0.2, 0.5])
+def test_dropout_drops_at_rate_p_in_every_lane_of_its_random_words(p: float) -> None:
+    # Four entries share each 64-bit draw (16 bits each): every lane must drop at rate p, whatever the shape.
+    drop = Dropout(p).train()
+    y = drop(torch.ones(999, 1001))  # a size that is no multiple of 4
+    lanes = (y.flatten() == 0)[: 999 * 1000].view(-1, 4).float().mean(dim=0)
+    # 250k entries per lane: sd of a lane's rate <= 1e-3, so 5e-3 fails only a biased lane or a wrong rate.
+    assert (lanes - p).abs().max().item() < 5e-3, lanes
+    assert abs(drop.keep_probability - (1 - p)) < 1 / 65536
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+
+
 def test_fm_interaction_equals_the_pairwise_sum() -> None:
     emb = torch.randn(3, 5, 4)
     pairwise = sum((emb[:, i] * emb[:, j]).sum(-1) for i in range(5) for j in range(i + 1, 5))
