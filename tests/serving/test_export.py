@@ -35,7 +35,9 @@ def test_every_registered_model_exports_with_parity(name: str, exported) -> None
         assert meta["metrics"]["val"]["auc"] > 0
         assert parity["rows"] == PARITY_ROWS
         assert parity["max_abs_diff"] <= SCORE_ATOL
-        assert 0.5 < parity["auc_onnx"] < 1 and 0.5 < parity["auc_torch"] < 1  # reported; the scores decide (export.parity)
+        # Reported beside the scores (export.parity): the same ranking from both runtimes. Not "> 0.5": these
+        # models trained one epoch on tiny synthetic data, where an AUC under .5 is chance (OptInter-F: .478).
+        assert 0 < parity["auc_torch"] < 1 and abs(parity["auc_onnx"] - parity["auc_torch"]) < 1e-3
 
     graph = onnx.load(str(out / "model.onnx")).graph
     shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
