@@ -79,17 +79,17 @@ def _suite_path(suite: str) -> Path:
     return path
 
 
-def _suite_spec(suite: str) -> dict[str, Any]:
+def _suite_spec(path: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(_suite_path(suite))) or {}
+    return OmegaConf.to_container(OmegaConf.load(path)) or {}
 
 
 def load_suite(suite: str) -> tuple[list[SuiteRun], list[dict[str, Any]]]:
     """A suite by name (conf/suites/<name>.yaml) or by path to a YAML file. `claims_from: NAME` takes the
     claims of another suite (its runs must be in this one)."""
     path = _suite_path(suite)
-    spec = _suite_spec(suite)
+    spec = _suite_spec(path)
     runs = []
     for r in spec.get("runs") or []:
         search = r.get("search")
@@ -106,7 +106,7 @@ def load_suite(suite: str) -> tuple[list[SuiteRun], list[dict[str, Any]]]:
         # One list of claims for suites that run the same rows at different budgets (search, search_short).
         if claims:
             raise SystemExit(f"suite {path}: has both claims and claims_from; keep one")
-        claims = _suite_spec(spec["claims_from"]).get("claims") or []
+        claims = _suite_spec(_suite_path(spec["claims_from"])).get("claims") or []
     for claim in claims:
         if claim.get("kind") not in CLAIM_KINDS:
             raise SystemExit(f"suite {path}: claim {claim} has kind {claim.get('kind')!r}; expected one of {CLAIM_KINDS}")
