@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 # Settings that change where or how visibly a run happens, not what it computes.
-NON_IDENTIFYING = {"paths", "logger", "callbacks.model_checkpoint.dirpath"}
+NON_IDENTIFYING = {"paths", "logger", "callbacks.model_checkpoint.dirpath", "retain_freed_memory"}
 NON_IDENTIFYING_TRAINER = {"enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir"}
 PACKAGES = ("recsys-zoo", "torch", "pytorch-lightning", "polars", "hydra-core", "numpy", "onnxruntime", "faiss-cpu")
 

@@ -74,3 +74,28 @@ def test_dice_is_the_papers_formula_in_training_and_inference(training: bool) ->
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
     out.sum().backward()
     torch.testing.assert_close(dice.alpha.grad, ((1 - p) * x).sum(dim=(0, 1)), atol=1e-5, rtol=1e-5)
+
+
+def test_mlp_fuses_relu_then_dropout_with_the_same_numbers_as_the_pair() -> None:
+    # The fused pair must give bit for bit what ReLU then Dropout give with the same random bits: outputs,
+    # input gradients and parameter gradients, in training; in evaluation the plain layers run.
+    torch.manual_seed(0)
+    fused = MLP(20, [64, 64], batch_norm=True, dropout=0.3, output_dim=1).train()
+    pair = MLP(20, [64, 64], batch_norm=True, dropout=0.3, output_dim=1).train()
+    pair.load_state_dict(fused.state_dict())
+    pair._relu_then_dropout = frozenset()  # the layers one by one
+    assert fused._relu_then_dropout == {2, 6}
+    x = torch.randn(256, 20)
+    outs, grads = [], []
+    for mlp in (fused, pair):
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        y = mlp(xi)
+        y.pow(2).sum().backward()
+        outs.append(y)
+        grads.append([xi.grad] + [p.grad for p in mlp.parameters()])
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    fused.eval()
+    pair.eval()
+    assert torch.equal(fused(x), pair(x))

@@ -369,11 +369,14 @@ def profile_step(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from recsys.allocator import retain_freed_memory
     from recsys.config import build_datamodule, build_model, build_task, compose_train_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = compose_train_config(["experiment=deepfm_frappe_x1", f"seed={args.seed}"])
+    if cfg.retain_freed_memory:  # as `recsys train` does
+        retain_freed_memory()
     datamodule = build_datamodule(cfg, _prepared_frappe())
     datamodule.setup()
     torch.manual_seed(args.seed)

@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from recsys.allocator import retain_freed_memory
 from recsys.baselines import BASELINES_FILE, beats, best_baseline, dataset_baselines
 from recsys.config import (ConfigError, build_datamodule, build_model, build_task, datamodule_options, dataset_description,
                            prepare_configured)
@@ -126,6 +127,7 @@ def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callb
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
+    retains_freed_memory = bool(cfg.get("retain_freed_memory", True)) and retain_freed_memory()
     prepared = prepare_configured(cfg)
     inspection = inspect_dataset(dataset_description(cfg.data), cfg.paths.cache_dir)  # cached beside the prepared data
     datamodule = build_datamodule(cfg, prepared)
@@ -205,7 +207,7 @@ def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callb
         # The data module's options in effect, defaults included (a data config need not set them).
         "data_options": datamodule_options(cfg),
         "config": resolved,
-        "environment": environment(),
+        "environment": {**environment(), "retains_freed_memory": retains_freed_memory},
     }
     if trainer.is_global_zero:  # one writer under data parallelism
         if hasattr(task, "write_artifacts"):  # a search: the selected architecture
