@@ -186,18 +186,29 @@ class Contender:
     library: str  # "ours", "deepctr" or "fuxictr"
     model: str  # "deepfm" or "finalmlp"
     precision: str  # "fp32" or "bf16"
+    # A peer run with glibc told to keep freed memory, as `recsys train` does for ours (recsys/allocator.py).
+    retains_freed_memory: bool = False
 
     @property
     def key(self) -> str:
-        return f"{self.library}-{self.model}-{self.precision}"
+        return f"{self.library}-{self.model}-{self.precision}" + ("-retain" if self.retains_freed_memory else "")
 
     @property
     def label(self) -> str:
         name = {"deepfm": "DeepFM", "finalmlp": "FinalMLP"}[self.model]
+        if self.retains_freed_memory:
+            return f"{LIBRARY[self.library]} {name} (glibc keeps freed memory, as ours)"
         if self.precision == "fp32":
             return f"{LIBRARY[self.library]} {name}"
         return f"{LIBRARY[self.library]} {name} ({'bf16-mixed' if self.library == 'ours' else 'bf16 autocast'})"
 
+
+# What recsys.allocator.retain_freed_memory sets, as glibc tunables for a process that is not ours.
+GLIBC_RETAIN_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+RETAIN_NOTE = ("Ours keeps freed memory mapped for reuse (recsys/allocator.py, on by default in `recsys train`); "
+               "the peers run with glibc's default malloc.")
+RETAIN_PEERS_NOTE = (f"Each peer with GLIBC_TUNABLES={GLIBC_RETAIN_TUNABLES} in its environment: the same malloc "
+                     "setting recsys/allocator.py makes for ours.")
 
 BF16_NOTE = ("Ours with trainer.precision=bf16-mixed (Lightning's torch.autocast on CPU); each peer's forward pass "
              "under torch.autocast('cpu', bfloat16) while it trains, its loss, backward pass and optimiser step outside "
@@ -211,11 +222,14 @@ class Plan:
     groups: list[tuple[str, str, list[tuple[Contender, Contender | None]]]] = field(default_factory=list)
 
 
-def plan(peers: list[str], finalmlp: bool, bf16: bool, peer_variants: bool = True, fp32: bool = True) -> Plan:
+def plan(peers: list[str], finalmlp: bool, bf16: bool, peer_variants: bool = True, fp32: bool = True,
+         peers_retain_freed_memory: bool = False) -> Plan:
     """The contenders, in the order of a round, and the comparisons the tables show. Without
     `peer_variants`, the peers run DeepFM in fp32 only: our FinalMLP is then compared with DeepCTR-Torch's
     DeepFM alone, and our bf16 run is shown without a ratio. Without `fp32` (and with `bf16`), only the bf16
-    contenders run: the bf16 table alone, like for like with the peers under autocast."""
+    contenders run: the bf16 table alone, like for like with the peers under autocast. With
+    `peers_retain_freed_memory`, each peer also runs DeepFM in fp32 with glibc's malloc set as ours
+    (GLIBC_TUNABLES in its environment), in a table of its own: how much of the ratio is the allocator."""
     if not fp32:
         if not bf16 or finalmlp or not peer_variants:
             raise SystemExit("bench throughput: --bf16-only needs --precision bf16-mixed and peer variants, and no --finalmlp")
@@ -225,7 +239,12 @@ def plan(peers: list[str], finalmlp: bool, bf16: bool, peer_variants: bool = Tru
                     [("Like for like: DeepFM against DeepFM, all under bf16 autocast", BF16_NOTE, pairs)])
     ours = Contender("ours", "deepfm", "fp32")
     contenders = [ours] + [Contender(p, "deepfm", "fp32") for p in peers]
-    groups = [("Like for like: DeepFM against DeepFM, all fp32", "", [(ours, Contender(p, "deepfm", "fp32")) for p in peers])]
+    groups = [("Like for like: DeepFM against DeepFM, all fp32", RETAIN_NOTE, [(ours, Contender(p, "deepfm", "fp32")) for p in peers])]
+    if peers_retain_freed_memory:
+        retained = [Contender(p, "deepfm", "fp32", retains_freed_memory=True) for p in peers]
+        contenders += retained
+        groups.append(("DeepFM, fp32, the peers also with glibc keeping freed memory", RETAIN_PEERS_NOTE,
+                       [(ours, peer) for peer in retained]))
     if finalmlp:
         ours_final = Contender("ours", "finalmlp", "fp32")
         contenders.append(ours_final)
@@ -270,13 +289,13 @@ def frappe_dir() -> Path:
     return Path(os.environ["RECSYS_DATA_DIR"]) / "frappe_x1"
 
 
-def _in_subprocess(argv: list[str], log: Path) -> dict[str, Any]:
-    """One contender in a fresh interpreter (neither side inherits the other's caches or threads); its
-    stderr goes to `log`, its result is the last stdout line that is a JSON object."""
+def _in_subprocess(argv: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One contender in a fresh interpreter (neither side inherits the other's caches or threads), with `env`
+    added to ours; its stderr goes to `log`, its result is the last stdout line that is a JSON object."""
     with log.open("w") as err:
         err.write(" ".join(argv) + "\n")
         err.flush()
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"benchmark step failed (exit {proc.returncode}): {' '.join(argv)}\nsee {log}:\n"
@@ -498,7 +517,8 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         if not args.fuxictr_model_zoo or not Path(args.fuxictr_model_zoo).is_dir():
             raise SystemExit("--peer fuxictr needs --fuxictr-model-zoo: the model_zoo/ folder of a reczoo/FuxiCTR clone "
                              "(docs/peers.md)")
-    the_plan = plan(peers, args.finalmlp, args.precision == "bf16-mixed", args.peer_variants, fp32=not args.bf16_only)
+    the_plan = plan(peers, args.finalmlp, args.precision == "bf16-mixed", args.peer_variants, fp32=not args.bf16_only,
+                    peers_retain_freed_memory=args.peers_retain_freed_memory)
     out = Path(args.out or f"outputs/bench/throughput-{time.strftime('%Y%m%d-%H%M%S')}")
     (out / "logs").mkdir(parents=True, exist_ok=True)
     _prepared_frappe()  # fit our features once, outside the timings
@@ -511,7 +531,8 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     steps = [(r, c) for r in range(args.repeats) for c in the_plan.contenders]
     for round_index, c in tqdm(steps, desc="throughput (in turns)", unit="run"):
         tag = f"round{round_index + 1}"
-        result = _in_subprocess(command(c, args, out, tag), out / "logs" / f"{c.key}-{tag}.log")
+        env = {"GLIBC_TUNABLES": GLIBC_RETAIN_TUNABLES} if c.retains_freed_memory else None
+        result = _in_subprocess(command(c, args, out, tag), out / "logs" / f"{c.key}-{tag}.log", env)
         result.update(round=round_index + 1, label=c.label, load_after=os.getloadavg()[0])
         results[c.key].append(result)
         loads.append(os.getloadavg()[0])
@@ -555,6 +576,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="also DeepFM in bf16: ours bf16-mixed, each peer under bf16 autocast")
     thr.add_argument("--bf16-only", action="store_true",
                      help="with --precision bf16-mixed: only the bf16 contenders (ours and each peer under autocast)")
+    thr.add_argument("--peers-retain-freed-memory", action="store_true",
+                     help="also run each peer's fp32 DeepFM with glibc keeping freed memory, as ours does (a table of its own)")
     thr.add_argument("--peer-variants", action=argparse.BooleanOptionalAction, default=True,
                      help="peers also run FinalMLP (FuxiCTR) and bf16 autocast; --no-peer-variants: DeepFM fp32 only "
                           "(our bf16 row is then shown without a ratio)")

@@ -80,16 +80,18 @@ def _fake_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
     order: list[str] = []
     rounds: dict[str, int] = {}
 
-    def fake(argv: list[str], log: Path) -> dict:
+    def fake(argv: list[str], log: Path, env: dict[str, str] | None = None) -> dict:
         if "--prepare-only" in argv:
             return {"prepared": "x"}
         library = "fuxictr" if str(bench.PEER_SCRIPT) in argv else ("ours" if "ours" in argv else "deepctr")
         model = argv[argv.index("--model") + 1].lower()
         precision = argv[argv.index("--precision") + 1]
-        key = f"{library}-{model}-{precision}"
+        retained = (env or {}).get("GLIBC_TUNABLES") == "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+        key = f"{library}-{model}-{precision}" + ("-retain" if retained else "")
         order.append(key)
         rounds[key] = rounds.get(key, 0) + 1
         speed = SPEEDS[library] * rounds[key] * (2 if precision == "bf16" else 1) * (1.5 if model == "finalmlp" else 1)
+        speed *= 1.25 if retained else 1
         return {"train_samples_per_second": speed, "time_to_best_seconds": 1e5 / speed, "test_auc": 0.98,
                 "val_auc": 0.985, "test_logloss": 0.15, "epochs": 15, "best_epoch": 12}
 
@@ -129,6 +131,21 @@ def test_contenders_run_in_turns_and_ratios_are_ours_over_each_peer(monkeypatch,
     assert "| DeepCTR-Torch DeepFM | 2,000 (1,000–3,000) | 3.00 (3.00–3.00)x |" in first
     finalmlp = text.split("### ")[2]
     assert "NOT like for like" in finalmlp and "| FuxiCTR FinalMLP |" in finalmlp
+
+
+def test_peers_with_our_allocator_setting_run_in_turns_in_a_table_of_their_own(monkeypatch, tmp_path, capsys) -> None:
+    order = _fake_runs(monkeypatch, tmp_path)
+    report = bench.run_throughput(_args(tmp_path, "--repeats", "2", "--peers-retain-freed-memory"))
+    # Only the retained peers get glibc's tunables (the fake keys a run by what its environment held).
+    assert order == ["ours-deepfm-fp32", "deepctr-deepfm-fp32", "fuxictr-deepfm-fp32", "deepctr-deepfm-fp32-retain",
+                     "fuxictr-deepfm-fp32-retain"] * 2
+    by_pair = {(c["ours"], c["peer"]): c for c in report["comparisons"]}
+    assert by_pair[("ours-deepfm-fp32", "deepctr-deepfm-fp32-retain")]["speedup"]["median"] == pytest.approx(3 / 1.25)
+    assert by_pair[("ours-deepfm-fp32", "deepctr-deepfm-fp32")]["speedup"]["median"] == pytest.approx(3.0)
+    tables = capsys.readouterr().out.split("### ")
+    assert "with glibc's default malloc" in tables[1] and "keeps freed memory" not in tables[1].split("|", 1)[1]
+    assert tables[2].startswith("DeepFM, fp32, the peers also with glibc keeping freed memory")
+    assert "| DeepCTR-Torch DeepFM (glibc keeps freed memory, as ours) | 1,875 (1,250–2,500) | 2.40 (2.40–2.40)x |" in tables[2]
 
 
 def test_bf16_is_compared_only_with_peers_under_bf16(monkeypatch, tmp_path, capsys) -> None:
