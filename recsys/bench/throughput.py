@@ -34,6 +34,7 @@ from typing import Any
 PEERS = ("deepctr", "fuxictr")
 LIBRARY = {"ours": "recsys-zoo", "deepctr": "DeepCTR-Torch", "fuxictr": "FuxiCTR"}
 PEER_SCRIPT = Path(__file__).parent / "peers" / "fuxictr_peer.py"
+ONEDNN_LINEAR = "mkldnn::_linear_pointwise"  # the profiler's name for recsys/kernels/linear.py's oneDNN product
 
 
 def _prepared_frappe():  # noqa: ANN202
@@ -384,12 +385,14 @@ def markdown(summary: dict[str, Any], the_plan: Plan, meta: dict[str, Any]) -> s
 def profile_step(args: argparse.Namespace) -> dict[str, Any]:
     """Where one of our DeepFM training steps (forward, BCE, whole-table L2, backward, clip, Adam; a real
     Frappe_x1 batch of 4096) spends its time, against what these cores can do: the GFLOP/s of plain GEMMs
-    of the step's own matrix-product shapes, measured in the same process, in turns with the step."""
+    of the step's own matrix-product shapes through the step's own kernels (oneDNN, mm), measured in the
+    same process, in turns with the step."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from recsys.allocator import retain_freed_memory
     from recsys.config import build_datamodule, build_model, build_task, compose_train_config
+    from recsys.kernels.linear import product as linear_product
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -412,17 +415,19 @@ def profile_step(args: argparse.Namespace) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
 
-    # The MLP's matrix products: forward x W^T, and backward dY W (input gradient) and dY^T x (weight gradient).
-    operands = []
+    # The MLP's matrix products, each through the kernel the step uses (recsys/kernels/linear.py): forward
+    # x W^T and the input gradient dY W through oneDNN, the weight gradient dY^T x through mm.
+    gemms = []
     for linear in (m for m in model.modules() if isinstance(m, torch.nn.Linear)):
         n, k = linear.weight.shape
-        operands += [((rows, k), (k, n)), ((rows, n), (n, k)), ((n, rows), (rows, k))]
-    gemms = [(torch.randn(a), torch.randn(b)) for a, b in operands]
-    gemm_flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in gemms)
+        gemms += [(linear_product, torch.randn(rows, k), torch.randn(n, k)),
+                  (linear_product, torch.randn(rows, n), torch.randn(n, k).t()),
+                  (torch.mm, torch.randn(n, rows), torch.randn(rows, k))]
+    gemm_flops = sum(2 * a.shape[0] * a.shape[1] * (b.shape[0] if f is linear_product else b.shape[1]) for f, a, b in gemms)
 
     def plain_gemms() -> None:
-        for a, b in gemms:
-            torch.mm(a, b)
+        for f, a, b in gemms:
+            f(a, b)
 
     for _ in range(args.warmup):
         step()
@@ -439,14 +444,19 @@ def profile_step(args: argparse.Namespace) -> dict[str, Any]:
         plain_gemms()
         gemm_times.append(time.perf_counter() - t0)
         gemm_cpu.append(time.process_time() - c0)
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
         for _ in range(args.profiled_steps):
             step()
     events = prof.key_averages()
     ops = {e.key: e.self_cpu_time_total / 1000 / args.profiled_steps for e in events}
-    matmul_ops = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")
+    matmul_ops = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", ONEDNN_LINEAR)
     # What the profiler counts for the step's matrix products: the plain GEMMs above must be the same work.
-    profiled_matmul_flops = sum(e.flops for e in events if e.key in matmul_ops and e.flops) / args.profiled_steps
+    # It counts no FLOPs for oneDNN's linear: those come from its recorded shapes ([M, K] x [N, K]^T).
+    profiled_matmul_flops = (
+        sum(e.flops for e in events if e.key in matmul_ops and e.flops)
+        + sum(2 * e.input_shapes[0][0] * e.input_shapes[0][1] * e.input_shapes[1][0] * e.count
+              for e in prof.key_averages(group_by_input_shape=True) if e.key == ONEDNN_LINEAR)
+    ) / args.profiled_steps
     profiled_ms = sum(ops.values())
     matmul_ms = sum(ms for name, ms in ops.items() if name in matmul_ops)
     step_ms = statistics.median(step_times) * 1000

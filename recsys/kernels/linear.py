@@ -45,10 +45,16 @@ class _OneDNNLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
         # dL/dx = g W: a linear with weight W^T, which oneDNN takes as a strided view (no copy).
-        grad_x = _LINEAR(grad, weight.t(), None, "none", [], "") if ctx.needs_input_grad[0] else None
+        grad_x = product(grad, weight.t()) if ctx.needs_input_grad[0] else None
         grad_weight = grad.t().mm(x) if ctx.needs_input_grad[1] else None
         grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
+
+
+def product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x W^T through oneDNN where this build has it (as the training step's forward and input-gradient
+    products run), else through `mm`: for the benchmark's plain-GEMM ceiling of the same shapes."""
+    return _LINEAR(x, weight, None, "none", [], "") if _LINEAR is not None else x.mm(weight.t())
 
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
