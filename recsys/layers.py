@@ -146,11 +146,11 @@ class Linear(nn.Linear):
 
 
 class _ReLUDropout(torch.autograd.Function):
-    """ReLU then inverted dropout in one pass over the activations each way. Forward: relu(x), zeroed where
-    the bits drop, times the scale. Backward: the output is positive exactly where x > 0 and the entry was
-    kept, so the saved output (which the next layer saves anyway) is the whole mask: g * scale there, 0
-    elsewhere. The same numbers as ReLU then `Dropout` with the same bits, bit for bit; the pair's four
-    passes (ReLU, mask to float, scale the mask, multiply) and two backward tensors become two and one."""
+    """ReLU then inverted dropout as one autograd node. Forward: relu(x) times the scaled keep mask, in place.
+    Backward: the output is positive exactly where x > 0 and the entry was kept, so the saved output (which
+    the next layer saves anyway) is the whole mask: g * scale there, 0 elsewhere, in place. The same numbers
+    as ReLU then `Dropout` with the same bits, bit for bit; the pair instead keeps ReLU's output and the
+    mask alive for backward (two more activation-sized tensors per layer) and allocates one more each way."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, bits: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
