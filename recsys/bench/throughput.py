@@ -488,7 +488,7 @@ def profile_markdown(p: dict[str, Any], peers: dict[str, float] | None = None) -
         "",
         "| part of the step (profiler, scaled to the median step) | ms | share | note |",
         "|---|---|---|---|",
-        f"| matrix products (mm/addmm) | {p['step_matmul_ms']:.1f} | {share:.0%} | {p['gemm_gflop_per_step']:.2f} GFLOP: "
+        f"| matrix products (mm, addmm, oneDNN linear) | {p['step_matmul_ms']:.1f} | {share:.0%} | {p['gemm_gflop_per_step']:.2f} GFLOP: "
         f"{p['step_matmul_gflops']:.0f} GFLOP/s |",
         f"| everything else | {p['step_other_ms']:.1f} | {1 - share:.0%} | largest below |",
     ]
