@@ -20,10 +20,10 @@ x = torch.randn(4096, 100)
 def step():  # a training step's pattern: activations of 6.5 MB allocated, kept for backward, freed
     mlp.zero_grad(set_to_none=True)
     mlp(x).sum().backward()
-for _ in range(3):
+for _ in range(5):  # the heap grows to the step's peak
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+for _ in range(30):
     step()
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -38,5 +38,7 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
         faults[mode] = int(out[1])
     # A step allocates and frees dozens of 6.5 MB activations (1,600 pages each): glibc's default gives many
     # back to the system on free and faults them in again next step; retained, the warm-up's pages are reused.
-    assert faults["default"] > 10 * 2_000, faults
-    assert faults["retain"] < 10 * 500, faults
+    # Over 30 steps: without it, 2,000-3,700 a step were seen; retained, a few thousand in all (when the heap
+    # grows to a new peak), not a few thousand a step.
+    assert faults["default"] > 30 * 1_000, faults
+    assert faults["retain"] * 5 < faults["default"], faults
