@@ -36,6 +36,7 @@ from torch import nn
 from recsys.batch import Batch
 from recsys.features.schema import FieldSpec, Schema
 from recsys.kernels.hashing import stable_hash
+from recsys.kernels.lookup import lookup
 
 DimSpec = int | Mapping[str, int]
 POOLINGS = ("mean", "sum")
@@ -317,7 +318,7 @@ class FeatureEmbedding(nn.Module):
         of the row's block when the group has them, or the packed kept entries (see `keep_dims`)."""
         if group.key in self.kept_dims:
             return self._packed_rows(group, ids)
-        emb = nn.functional.embedding(ids, self.weights[group.key])
+        emb = lookup(ids, self.weights[group.key])
         if group.key in self.dim_gates:
             emb = emb * self.dim_gates[group.key][self._get(group, "row_block")[ids]]
         return emb

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys.layers import MLP, Dice, Dropout, fm_interaction
+from recsys.layers import MLP, Dice, Dropout, fm_interaction, relu_dropout
 
 
 def test_mlp_order_and_output_dim() -> None:
@@ -43,6 +43,19 @@ def test_dropout_drops_at_rate_p_in_every_lane_of_its_random_words(p: float) -> 
     assert (lanes - p).abs().max().item() < 5e-3, lanes
     assert abs(drop.keep_probability - (1 - p)) < 1 / 65536
     torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_dropout_is_its_random_bits_compared_with_the_threshold_then_scaled(fused: bool) -> None:
+    # Written out from the bits: keep where the 16 bits are >= threshold, scale by 1 / (1 - p); the fused
+    # ReLU + dropout is relu(x) times that. Bit for bit: the one-pass product must round as x * (mask * scale).
+    drop = Dropout(0.3).train()
+    x = torch.randn(513, 257)
+    torch.manual_seed(5)
+    bits = drop.random_bits(x)
+    expected = (torch.relu(x) if fused else x) * ((bits >= drop.threshold).float() * (1 / (1 - 0.3)))
+    torch.manual_seed(5)
+    assert torch.equal(relu_dropout(x, drop) if fused else drop(x), expected)
 
 
 def test_fm_interaction_equals_the_pairwise_sum() -> None:

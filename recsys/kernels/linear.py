@@ -57,13 +57,23 @@ def product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _LINEAR(x, weight, None, "none", [], "") if _LINEAR is not None else x.mm(weight.t())
 
 
+def eager_on_cpu(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is on CPU and this call runs eagerly: not under TorchScript/ONNX tracing or
+    torch.compile, which must see (and export) the plain twins."""
+    return (
+        tensor.device.type == "cpu"
+        and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export()
+        and not torch.compiler.is_compiling()
+    )
+
+
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `linear` takes the oneDNN path for these operands."""
     return (
-        _LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-        and x.dim() == 2 and x.is_contiguous() and not torch.is_autocast_enabled("cpu")
-        and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export()
-        and not torch.compiler.is_compiling()
+        _LINEAR is not None and x.dtype == torch.float32 and weight.dtype == torch.float32
+        and x.dim() == 2 and x.is_contiguous() and eager_on_cpu(x)
+        # Under autocast the product must go through F.linear, whose casts a custom function would bypass.
+        and not torch.is_autocast_enabled("cpu")
     )
 
 
