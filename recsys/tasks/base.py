@@ -88,9 +88,20 @@ class Task(L.LightningModule):
             )
         return loss
 
+    def adam(self, params: Any) -> torch.optim.Adam:
+        """The weights' Adam. Its fused kernel (one pass per parameter for the whole update: ~1.2 of a 68 ms
+        DeepFM step on 2 CPU cores) runs in full precision only: under mixed precision Lightning refuses
+        gradient clipping with an optimiser that unscales its own gradients, as a fused one declares."""
+        params = list(params)
+        precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
+        fused = precision in ("32-true", "64-true") and all(
+            p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+        )
+        return torch.optim.Adam(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay,
+                                fused=fused or None)
+
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.hparams.learning_rate,
-                                     weight_decay=self.hparams.weight_decay)
+        optimizer = self.adam(self.model.parameters())
         if self.hparams.lr_factor >= 1.0:
             return {"optimizer": optimizer}
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -98,7 +98,7 @@ class SearchTask(CTRTask):
             self.model.set_row_counts(datamodule.row_counts())
 
     def configure_optimizers(self) -> dict[str, Any]:
-        weights = torch.optim.Adam(self._weights, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        weights = self.adam(self._weights)
         arch_params = self.model.architecture_parameters()
         lr = self.hparams.architecture_learning_rate
         arch = torch.optim.Adam(arch_params, lr=lr) if self.hparams.architecture_optimizer == "adam" else torch.optim.SGD(arch_params, lr=lr)
