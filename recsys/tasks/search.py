@@ -7,7 +7,8 @@ Lightning's manual optimisation and two optimisers:
    architecture penalty), after the model's gradient hook (DNIS's per-block normalisation), followed by
    its clip (DNIS's [0, 1]);
 3. the model's per-step hook runs (OptInter's temperature).
-The first `warmup_epochs` epochs only do step 1, with every weight (DNIS's warm start, the gates at 1).
+The first `warmup_epochs` epochs only do step 1, with every weight (DNIS's warm start, the gates at 1);
+early stopping cannot end the run before the first search epoch.
 
 Why validation batches: the architecture is a choice made on held-out data, as a hyper-parameter is,
 and the official OptInter code steps its architecture on the training batch (one-level) while choosing
@@ -72,6 +73,21 @@ class SearchTask(CTRTask):
     def searching(self) -> bool:
         """Whether this epoch steps the architecture (after the warm-up epochs)."""
         return self.current_epoch >= self.hparams.warmup_epochs
+
+    def on_fit_start(self) -> None:
+        warmup = self.hparams.warmup_epochs
+        if not warmup:
+            return
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and 0 <= max_epochs <= warmup:
+            raise ValueError(f"task.warmup_epochs={warmup} leaves no search epoch in trainer.max_epochs={max_epochs}: "
+                             f"the search would write the untouched warm start; raise trainer.max_epochs above {warmup}")
+        # Early stopping must not end the run inside the warm-up (a mixed model that overfits early, as
+        # OptInter's memorised candidates do, stops improving within it): the run would never search and
+        # would write the initial architecture. Lightning's min_epochs holds a stop off until the first
+        # search epoch; restart_selection then gives early stopping a fresh start.
+        loop = self.trainer.fit_loop
+        loop.min_epochs = max(loop.min_epochs or 0, warmup + 1)
 
     def on_train_epoch_start(self) -> None:
         if self.hparams.warmup_epochs and self.current_epoch == self.hparams.warmup_epochs:
@@ -157,6 +173,9 @@ class SearchTask(CTRTask):
     def write_artifacts(self, output_dir: Path) -> dict[str, Any]:
         """Write the selected epoch's architecture (the model holds the best checkpoint's state when the
         train command calls this) and return what metrics.json records of it."""
+        if self.history and not any(h.get("searching") for h in self.history):
+            raise RuntimeError(f"the run ended after {len(self.history)} warm-up epoch(s) and never searched; "
+                               "there is no searched architecture to write")
         architecture = self.model.derive_architecture()
         write_architecture(Path(output_dir) / ARCHITECTURE_FILE, architecture)
         summary = {k: v for k, v in architecture.items() if k in ("counts", "share", "kept_entries", "dense_entries",

@@ -208,3 +208,34 @@ def test_warm_up_epochs_are_never_the_selected_search_state(tmp_path) -> None:
     architecture = json.loads((out / "architecture.json").read_text())
     assert min(min(row) for row in architecture["gates"]) == 0.0  # the warm start's gates were all 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt"]
+
+
+def test_early_stopping_cannot_end_a_search_inside_its_warm_up(tmp_path) -> None:
+    """Early stopping set to stop at the first epoch that is not better by a whole AUC point (so at the
+    second): inside a 2-epoch warm-up that would end the run before any search step and write the
+    untouched initial architecture. The run must go on to its first search epoch and search."""
+    from recsys.commands.train import train
+
+    out = tmp_path / "search"
+    cfg = compose_train_config([*TINY["optinter"], "task=search", "task.warmup_epochs=2", "trainer.max_epochs=4",
+                                "callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=1.0",
+                                "data=synthetic", "data.synthetic.n_train=1500", "data.synthetic.n_valid=500",
+                                "data.synthetic.n_test=500", "data.batch_size=256", "trainer.enable_progress_bar=false",
+                                f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={out}"])
+    metrics = train(cfg, out)
+    assert [h["searching"] for h in metrics["history"]] == [0.0, 0.0, 1.0]  # stopped at the first search epoch
+    architecture = json.loads((out / "architecture.json").read_text())
+    assert architecture["search_steps"] == 6  # 1500 rows / 256 = 6 batches of the one search epoch
+
+
+def test_a_warm_up_that_fills_every_epoch_is_refused(tmp_path) -> None:
+    from recsys.commands.train import train
+
+    out = tmp_path / "search"
+    cfg = compose_train_config([*TINY["dnis"], "task=search", "task.warmup_epochs=2", "trainer.max_epochs=2",
+                                "data=synthetic", "data.synthetic.n_train=600", "data.synthetic.n_valid=200",
+                                "data.synthetic.n_test=200", "data.batch_size=256", "trainer.enable_progress_bar=false",
+                                f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={out}"])
+    with pytest.raises(ValueError, match=r"warmup_epochs=2 leaves no search epoch in trainer.max_epochs=2"):
+        train(cfg, out)
+    assert not (out / "architecture.json").exists()
