@@ -201,6 +201,8 @@ def restart_selection(trainer) -> None:  # noqa: ANN001 - a Lightning Trainer
             callback.kth_best_model_path = callback.best_model_path = ""
             callback.best_model_score = None
             callback.kth_value = torch.tensor(float("inf") if callback.mode == "min" else float("-inf"))
+    # A stop that early stopping asked for inside the warm-up (held off by min_epochs) is forgotten too.
+    trainer.should_stop = False
     for config in trainer.lr_scheduler_configs:
         scheduler = config.scheduler
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

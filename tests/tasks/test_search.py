@@ -196,14 +196,16 @@ def test_warm_up_epochs_are_never_the_selected_search_state(tmp_path) -> None:
     out = tmp_path / "search"
     cfg = compose_train_config([*TINY["dnis"], "model.l1=100.0", "task=search", "task.warmup_epochs=1",
                                 "task.architecture_optimizer=sgd", "task.architecture_learning_rate=10.0",
-                                "data=synthetic", "data.synthetic.n_train=1500", "data.synthetic.n_valid=500",
+                                "data=synthetic", "data.synthetic.n_train=4000", "data.synthetic.n_valid=500",
                                 "data.synthetic.n_test=500", "data.batch_size=256", "trainer.max_epochs=2",
                                 "trainer.enable_progress_bar=false", f"paths.cache_dir={tmp_path / 'cache'}",
                                 f"paths.output_dir={out}"])
     metrics = train(cfg, out)
     warm, searched = metrics["history"]
     assert (warm["searching"], searched["searching"]) == (0.0, 1.0)
-    assert warm["auc"] > searched["auc"]  # the wrecked search is worse, and still the one selected
+    # The wrecked search is worse (.598 against .550 when written; with 1,500 rows the two had come within
+    # .0003 of each other, and the order flipped on a fresh install), and it is still the one selected.
+    assert warm["auc"] > searched["auc"] + 0.01
     assert metrics["best_epoch"] == 1 and metrics["val"]["auc"] == pytest.approx(searched["auc"], abs=1e-6)
     architecture = json.loads((out / "architecture.json").read_text())
     assert min(min(row) for row in architecture["gates"]) == 0.0  # the warm start's gates were all 1
@@ -213,7 +215,8 @@ def test_warm_up_epochs_are_never_the_selected_search_state(tmp_path) -> None:
 def test_early_stopping_cannot_end_a_search_inside_its_warm_up(tmp_path) -> None:
     """Early stopping set to stop at the first epoch that is not better by a whole AUC point (so at the
     second): inside a 2-epoch warm-up that would end the run before any search step and write the
-    untouched initial architecture. The run must go on to its first search epoch and search."""
+    untouched initial architecture. The run must go on to search, and early stopping must judge the search
+    epochs afresh (a stop asked for in the warm-up does not carry over)."""
     from recsys.commands.train import train
 
     out = tmp_path / "search"
@@ -223,9 +226,11 @@ def test_early_stopping_cannot_end_a_search_inside_its_warm_up(tmp_path) -> None
                                 "data.synthetic.n_test=500", "data.batch_size=256", "trainer.enable_progress_bar=false",
                                 f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={out}"])
     metrics = train(cfg, out)
-    assert [h["searching"] for h in metrics["history"]] == [0.0, 0.0, 1.0]  # stopped at the first search epoch
+    # Early stopping starts afresh with the search: the first search epoch improves on nothing, the second
+    # is not better by a whole point, and the run stops there.
+    assert [h["searching"] for h in metrics["history"]] == [0.0, 0.0, 1.0, 1.0]
     architecture = json.loads((out / "architecture.json").read_text())
-    assert architecture["search_steps"] == 6  # 1500 rows / 256 = 6 batches of the one search epoch
+    assert architecture["search_steps"] == 12  # 1500 rows / 256 = 6 batches in each of the two search epochs
 
 
 def test_a_warm_up_that_fills_every_epoch_is_refused(tmp_path) -> None:
