@@ -57,7 +57,7 @@ def test_a_peer_under_bf16_runs_its_forward_pass_in_autocast_and_its_optimiser_s
     step = model.optim.step
 
     def recording_step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        seen["step_in_autocast"].append(torch.is_autocast_cpu_enabled())
+        seen["step_in_autocast"].append(torch.is_autocast_enabled("cpu"))
         return step(*args, **kwargs)
 
     model.optim.step = recording_step
