@@ -241,21 +241,25 @@ class DNIS(Searchable, nn.Module):
 
     @staticmethod
     def summarise(arch: Mapping[str, Any]) -> dict[str, Any]:
-        """Stored entries, the reduction, and the mean kept dimensions per frequency block (weighted by rows)."""
+        """Stored entries, the reduction, and the mean kept dimensions per frequency block and per vocabulary
+        table (weighted by rows). The per-table view shows what a block view hides: a small table read by
+        every impression (a context field) can lose all of its dimensions."""
         kept = rows_total = 0
         per_block: dict[int, list[int]] = {}
-        for ranges in arch["tables"].values():
+        per_table: dict[str, list[int]] = {}
+        for table, ranges in arch["tables"].items():
             for r in ranges:
                 rows = r["rows"][1] - r["rows"][0]
                 kept += rows * len(r["dims"])
                 rows_total += rows
-                totals = per_block.setdefault(int(r.get("block", 0)), [0, 0])
-                totals[0] += rows * len(r["dims"])
-                totals[1] += rows
+                for totals in (per_block.setdefault(int(r.get("block", 0)), [0, 0]), per_table.setdefault(table, [0, 0])):
+                    totals[0] += rows * len(r["dims"])
+                    totals[1] += rows
         return {
             "kept_entries": kept,
             "reduction": round(arch["dense_entries"] / kept, 4) if kept else None,
             "mean_dims_per_block": {str(b): round(t[0] / t[1], 3) for b, t in sorted(per_block.items())},
+            "mean_dims_per_table": {t: round(v[0] / v[1], 3) if v[1] else 0.0 for t, v in per_table.items()},
             "mean_dims": round(kept / rows_total, 3) if rows_total else 0.0,
         }
 

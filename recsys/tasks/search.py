@@ -180,6 +180,7 @@ class SearchTask(CTRTask):
         write_architecture(Path(output_dir) / ARCHITECTURE_FILE, architecture)
         summary = {k: v for k, v in architecture.items() if k in ("counts", "share", "kept_entries", "dense_entries",
                                                                    "reduction", "mean_dims", "mean_dims_per_block",
+                                                                   "mean_dims_per_table",
                                                                    "retrained_pair_parameters")}
         return {"architecture": {"file": ARCHITECTURE_FILE, "summary": summary}}
 

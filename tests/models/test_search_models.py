@@ -193,6 +193,21 @@ def test_pruning_keeps_the_units_with_the_largest_gate_times_embedding(small_syn
     assert all(5 in d for d in dims) and not any(0 in d for d in dims)
 
 
+def test_the_summary_names_a_table_that_lost_every_dimension(small_synthetic) -> None:
+    """A table whose embeddings are all zero scores last; with a budget of everything else it keeps no
+    dimension, and the per-table summary says so (the per-block view spreads it over the blocks)."""
+    _, datamodule = small_synthetic
+    space = _dnis(datamodule)
+    space.set_row_counts(datamodule.row_counts())
+    tables = space.embedding.table_rows[space.group_key]
+    dropped, (offset, size) = next(iter(tables.items()))
+    with torch.no_grad():
+        space.embedding.weights[space.group_key][offset:offset + size] = 0.0
+    space.budget = space.dense_entries() - size * space.width
+    summary = space.derive_architecture()["mean_dims_per_table"]
+    assert summary == {t: (0.0 if t == dropped else float(space.width)) for t in tables}
+
+
 def test_the_search_hooks_normalise_clip_and_penalise_the_gates(small_synthetic) -> None:
     _, datamodule = small_synthetic
     space = _dnis(datamodule, l1=0.5)
