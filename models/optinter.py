@@ -46,6 +46,12 @@ class OptInter(Searchable, nn.Module):
         hidden_units, activation, dropout, batch_norm: the MLP (the zoo's MLP block).
         cross_buckets: the most rows one memorised pair may have; pairs with fewer combinations get
             exact ids.
+        memorise_hashed: whether the search offers memorise to a pair with more combinations than
+            `cross_buckets` rows (a hashed pair). False withholds it: such a pair's bucket mixes many values
+            (MovieLens-1M's user x movie puts ~340 of its 22M combinations in each, and a user rates a movie
+            once), so it can only memorise training labels; in the search those candidates made the mixed
+            model overfit within two epochs and pushed user x movie to naive (BENCHMARKS.md). A hand-written
+            architecture may still memorise any pair.
         architecture: None (search space), a method for every pair, or an architecture file / dict.
         temperature_start, temperature_min, temperature_decay: t = max(min, start - decay * search step).
         init_std: embeddings start as N(0, init_std^2).
@@ -66,6 +72,7 @@ class OptInter(Searchable, nn.Module):
         temperature_min: float = 0.01,
         temperature_decay: float = 5e-5,
         init_std: float = 1e-4,
+        memorise_hashed: bool = True,
     ):
         super().__init__()
         fields = [f.name for f in schema.sparse]
@@ -99,6 +106,13 @@ class OptInter(Searchable, nn.Module):
         if self.searching:
             # One logit per candidate and pair, [memorise, factorise, naive]; xavier-normal as the official code.
             self.arch_logits = nn.Parameter(nn.init.xavier_normal_(torch.empty(len(self.pairs), len(METHODS))))
+            sizes = {f.name: int(f.vocab_size) for f in schema.sparse}
+            self.withheld = [] if memorise_hashed else [n for (a, b), n in zip(self.pairs, self.pair_names)
+                                                        if sizes[a] * sizes[b] > cross_buckets]
+            # A withheld candidate's logit is held at -inf inside the softmax: weight exactly 0, no gradient.
+            offered = torch.ones(len(self.pairs), len(METHODS), dtype=torch.bool)
+            offered[[self.pair_names.index(n) for n in self.withheld], 0] = False
+            self.register_buffer("offered", offered, persistent=False)
             self.register_buffer("search_steps", torch.zeros((), dtype=torch.long))
             self.temperature_start, self.temperature_min = float(temperature_start), float(temperature_min)
             self.temperature_decay = float(temperature_decay)
@@ -136,8 +150,10 @@ class OptInter(Searchable, nn.Module):
         return t.clamp(min=self.temperature_min)
 
     def method_weights(self) -> torch.Tensor:
-        """[pairs, 3] softmax(logits / temperature): how much of each candidate each pair takes."""
-        return torch.softmax(self.arch_logits / self.temperature(), dim=1)
+        """[pairs, 3] softmax(logits / temperature) over the candidates offered: how much of each candidate
+        each pair takes."""
+        logits = self.arch_logits.masked_fill(~self.offered, float("-inf"))
+        return torch.softmax(logits / self.temperature(), dim=1)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -176,6 +192,7 @@ class OptInter(Searchable, nn.Module):
             "method_weights": {n: [round(float(w), 6) for w in row] for n, row in zip(self.pair_names, weights)},
             "temperature": float(self.temperature()),
             "search_steps": int(self.search_steps),
+            "memorise_withheld": self.withheld,  # hashed pairs the search did not offer memorise (memorise_hashed=False)
             **self.summarise(pairs),
             "retrained_pair_parameters": self.pair_parameters(pairs),
         }

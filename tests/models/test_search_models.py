@@ -16,10 +16,12 @@ from recsys.search import write_architecture
 FIELDS = ["user", "item", "context", "device", "category"]  # the sparse fields of the synthetic set
 
 
-def _optinter(datamodule, architecture) -> torch.nn.Module:  # noqa: ANN001
+def _optinter(datamodule, architecture, **params) -> torch.nn.Module:  # noqa: ANN001, ANN003
     cfg = compose_train_config(["model=optinter", "model.hidden_units=[16]", "model.dropout=0.0",
                                 "model.embedding_dim=4", "model.pair_dim=3", "model.cross_buckets=500"])
     cfg.model.architecture = architecture
+    for key, value in params.items():
+        cfg.model[key] = value
     return build_model(cfg.model, datamodule.schema).eval()
 
 
@@ -107,6 +109,27 @@ def test_the_keyword_variants_and_the_pair_parameters_a_search_predicts(small_sy
     field_params = retrained.embedding.stored_entries("default")  # field rows and the dense field's vector
     mlp = sum(p.numel() for p in retrained.dnn.parameters())
     assert sum(p.numel() for p in retrained.parameters()) == field_params + cross + factor + mlp
+
+
+def test_a_search_that_withholds_memorise_from_hashed_pairs_never_chooses_it(small_synthetic, batch) -> None:
+    """With memorise_hashed=False, a pair with more combinations than cross_buckets (500 here) has weight 0
+    on memorise and no gradient into its logit, and the derived architecture never memorises it, even when
+    every memorise logit is far the largest; pairs that fit exactly still may."""
+    _, datamodule = small_synthetic
+    sizes = {f.name: int(f.vocab_size) for f in datamodule.schema.sparse}
+    space = _optinter(datamodule, None, memorise_hashed=False).train()
+    hashed = {n for n in space.pair_names if sizes[n.split("*")[0]] * sizes[n.split("*")[1]] > 500}
+    assert hashed and len(hashed) < len(space.pair_names)  # the synthetic set has both kinds
+    with torch.no_grad():
+        space.arch_logits[:, 0] = 10.0
+    space(batch).sum().backward()
+    rows = torch.tensor([n in hashed for n in space.pair_names])
+    assert (space.method_weights()[rows, 0] == 0).all() and (space.arch_logits.grad[rows, 0] == 0).all()
+    arch = space.derive_architecture()
+    assert set(arch["memorise_withheld"]) == hashed
+    assert {n for n, m in arch["pairs"].items() if m == "memorise"} == set(space.pair_names) - hashed
+    # The default offers memorise to every pair.
+    assert _optinter(datamodule, None).derive_architecture()["memorise_withheld"] == []
 
 
 def test_architecture_files_that_do_not_fit_are_refused_with_the_reason(small_synthetic, tmp_path) -> None:
