@@ -106,12 +106,11 @@ class OptInter(Searchable, nn.Module):
         if self.searching:
             # One logit per candidate and pair, [memorise, factorise, naive]; xavier-normal as the official code.
             self.arch_logits = nn.Parameter(nn.init.xavier_normal_(torch.empty(len(self.pairs), len(METHODS))))
-            sizes = {f.name: int(f.vocab_size) for f in schema.sparse}
-            self.withheld = [] if memorise_hashed else [n for (a, b), n in zip(self.pairs, self.pair_names)
-                                                        if sizes[a] * sizes[b] > cross_buckets]
+            # The search space memorises every pair, so its cross set knows which of them are hashed.
+            self.withheld = [] if memorise_hashed else self.embedding.hashed_pairs("cross")
             # A withheld candidate's logit is held at -inf inside the softmax: weight exactly 0, no gradient.
             offered = torch.ones(len(self.pairs), len(METHODS), dtype=torch.bool)
-            offered[[self.pair_names.index(n) for n in self.withheld], 0] = False
+            offered[:, 0] = torch.tensor([n not in self.withheld for n in self.pair_names])
             self.register_buffer("offered", offered, persistent=False)
             self.register_buffer("search_steps", torch.zeros((), dtype=torch.long))
             self.temperature_start, self.temperature_min = float(temperature_start), float(temperature_min)

@@ -281,6 +281,12 @@ class FeatureEmbedding(nn.Module):
             cross = torch.where(exact, cross, stable_hash(cross) % self._get(group, "cross_buckets"))
         return cross + self._get(group, "cross_offsets")
 
+    def hashed_pairs(self, table_set: str) -> list[str]:
+        """The pairs of a cross set whose ids are hashed (more value combinations than their rows), in order."""
+        group = self.groups[table_set][0]
+        exact = self._get(group, "cross_exact").tolist()
+        return [name for name, is_exact in zip(group.cross_pairs, exact) if not is_exact]
+
     def _buffer(self, group: _Group, name: str, values: list[int]) -> None:
         self.register_buffer(f"{group.key}__{name}", torch.tensor(values, dtype=torch.long), persistent=False)
 
