@@ -7,7 +7,7 @@ Every run is a separate `recsys train` process writing to DIR/runs/<name>/seed-<
 as seed-<s>.log), so runs can go in parallel (`--jobs`; on one GPU too) and one crash loses one run.
 A run whose metrics.json exists is not run again: rerunning the same command resumes an interrupted
 suite. Trailing overrides go to every run (`trainer=gpu`, `trainer.max_epochs=2`, ...). Results go to
-DIR/accuracy.json and DIR/accuracy.md.
+DIR/accuracy.json, DIR/accuracy.md and DIR/accuracy.svg (each table's test metric against its size).
 
 A search-then-retrain entry (docs/search.md) names its search too:
     - {name: frappe_x1/optinter, experiment: optinter_frappe_x1, search: {experiment: optinter_search_frappe_x1}}
@@ -377,10 +377,49 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(summary: dict[str, Any]) -> str | None:
+    """An SVG with one panel per table: each row's seed mean of its test selection metric (± sd) against its
+    embedding parameters (all parameters where a row has no embedding count), log scale, so which model buys
+    how much accuracy with how many parameters is read at a glance. None when no row has both numbers."""
+    panels = []
+    for table in dict.fromkeys(r["table"] for r in summary["rows"]):
+        members = [r for r in summary["rows"] if r["table"] == table and "selection_metric" in r]
+        if not members:
+            continue
+        metric = "test/" + members[0]["selection_metric"].split("/", 1)[1]
+        size = "num_embedding_parameters" if all("num_embedding_parameters" in r for r in members) else "num_parameters"
+        points = [r for r in members if metric in r and size in r]
+        if points:
+            panels.append((table, metric, size, points))
+    if not panels:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = "osD^vP*X<>"
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text: searchable, and a smaller file
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), squeeze=False)
+        for ax, (table, metric, size, points) in zip(axes[0], panels):
+            for i, r in enumerate(points):
+                ax.errorbar([r[size]], [r[metric]], yerr=[r.get(metric + "_sd", 0.0)], fmt=markers[i % len(markers)],
+                            capsize=3, label=r["row"])
+            ax.set(xscale="log", xlabel=size.removeprefix("num_").replace("_", " "), ylabel=metric.replace("/", " "),
+                   title=f"{table} (mean ± sd over {len(summary['seeds'])} seeds)")
+            ax.legend(fontsize=7)
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+        plt.close(fig)
+    return buf.getvalue()
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from recsys.features.atomic import write_json_atomic
+    from recsys.features.atomic import atomic_file, write_json_atomic
 
     runs, claims = load_suite(args.suite)
     if args.only:
@@ -413,6 +452,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     write_json_atomic(out / "accuracy.json", summary)
     table = markdown(summary)
     (out / "accuracy.md").write_text(table)
+    figure = plot(summary)
+    if figure is not None:
+        with atomic_file(out / "accuracy.svg") as partial:
+            partial.write_text(figure)
     print(table)
     if failures:
         raise SystemExit(f"{len(failures)} run(s) failed; their logs: {[f['log'] for f in failures]}")

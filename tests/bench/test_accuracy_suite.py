@@ -87,7 +87,7 @@ def test_a_suite_can_take_another_suites_claims() -> None:
     short_runs, short_claims = load_suite("search_short")
     full_runs, full_claims = load_suite("search")
     assert [r.name for r in short_runs] == [r.name for r in full_runs]
-    assert len(full_claims) == 14 and short_claims == full_claims
+    assert len(full_claims) == 26 and short_claims == full_claims
 
 
 def _fake_run(out: Path, name: str, seed: int, test: dict, monitor: str = "val/auc") -> None:
@@ -243,3 +243,32 @@ def test_a_row_still_improving_at_its_epoch_cap_is_flagged_and_so_are_its_claims
     table = markdown(summary)
     assert table.count("AT EPOCH CAP (2/2 seeds)") == 1
     assert "holds (not converged: t/capped stopped at the epoch cap)" in table
+
+
+def test_the_plot_has_a_panel_per_table_and_only_rows_that_ran(tmp_path: Path) -> None:
+    """accuracy.svg: one panel per table; each row that has its test metric and a size is a named point; a row
+    whose runs did not finish is left out; the x axis is embedding parameters only where every row has them."""
+    from recsys.bench.accuracy import plot
+
+    def row(table: str, name: str, auc: float | None, params: int, embedding: int | None) -> dict:
+        r = {"table": table, "row": name, "name": f"{table}/{name}", "selection_metric": "val/auc", "num_parameters": params}
+        if auc is not None:
+            r.update({"test/auc": auc, "test/auc_sd": 0.001})
+        if embedding is not None:
+            r["num_embedding_parameters"] = embedding
+        return r
+
+    summary = {"seeds": [1, 2, 3], "rows": [
+        row("frappe", "deepfm", 0.98, 400_000, 60_000), row("frappe", "dnis_half", 0.97, 370_000, 29_000),
+        row("frappe", "never_finished", None, 500_000, 80_000),
+        row("ml1m", "deepfm", 0.81, 200_000, 145_000), row("ml1m", "no_embedding_count", 0.80, 100_000, None),
+        {"table": "empty", "row": "x", "name": "empty/x"},  # a row with no finished seed at all
+    ]}
+    svg = plot(summary)
+    assert svg is not None and svg.lstrip().startswith(("<?xml", "<svg"))
+    for text in ("frappe (mean ± sd over 3 seeds)", "ml1m (mean ± sd over 3 seeds)", "dnis_half", "no_embedding_count"):
+        assert text in svg
+    assert "never_finished" not in svg and "empty (" not in svg
+    # frappe's rows all count embedding parameters; ml1m's do not, so its axis is every parameter.
+    assert svg.count(">embedding parameters<") == 1 and svg.count(">parameters<") == 1
+    assert plot({"seeds": [1], "rows": [row("t", "r", None, 10, 5)]}) is None
