@@ -78,8 +78,9 @@ def test_a_search_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_do
     if name == "optinter":
         assert int(resumed.model.search_steps) == 9  # 3 epochs of 3 search steps
     else:
-        assert 0.0 <= float(resumed.model.gates().min()) and float(resumed.model.gates().max()) <= 1.0
-        assert not torch.equal(resumed.model.gates().detach(), torch.ones_like(resumed.model.gates()))
+        gates = resumed.model.gates().detach()
+        assert 0.0 <= float(gates.min()) and float(gates.max()) <= 1.0
+        assert not torch.equal(gates, torch.ones_like(gates))
 
 
 def test_weights_step_on_training_batches_and_the_architecture_on_validation_batches(search_data, tmp_path) -> None:
