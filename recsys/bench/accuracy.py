@@ -277,6 +277,8 @@ def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[di
             values_b = {s: _metric(per_seed[b["name"]][s], metric) for s in common}
             common = [s for s in common if values_a[s] is not None and values_b[s] is not None]
             paired = [values_a[s] - factor * values_b[s] for s in common]
+            if b[metric]:
+                result["ratio"] = a[metric] / b[metric]  # a over b itself, unscaled: "0.49x" reads better than a count
             result.update(status="holds" if claim_holds(claim["kind"], diff, tolerance) else "fails", difference=diff,
                           seeds_where_a_wins=sum(d > 0 for d in paired), seeds_where_it_holds=sum(
                               claim_holds(claim["kind"], d, tolerance) for d in paired), seeds_compared=len(common))
@@ -361,6 +363,8 @@ def markdown(summary: dict[str, Any]) -> str:
                   "|---|---|---|---|---|"]
         for c in summary["claims"]:
             diff = f"{c['difference']:+.4f}" if "difference" in c else "—"
+            if "difference" in c and float(c.get("factor", 1.0)) != 1.0 and "ratio" in c:  # a size claim
+                diff = f"{c['difference']:+,.0f} ({c['ratio']:.2f}×)"
             wins = f"{c['seeds_where_a_wins']}/{c['seeds_compared']}" if "seeds_compared" in c else "—"
             holds = f"{c['seeds_where_it_holds']}/{c['seeds_compared']}" if "seeds_compared" in c else "—"
             status = c["status"] + (f" (not converged: {', '.join(c['rows_at_epoch_cap'])} stopped at the epoch cap)"

@@ -168,7 +168,7 @@ def test_the_tables_carry_their_datasets_baselines_and_flag_rows_below_them(tmp_
 ])
 def test_claims_on_a_top_level_number_scaled_by_a_factor(tmp_path: Path, kind: str, factor: float, tolerance: float,
                                                          holds: bool) -> None:
-    from recsys.bench.accuracy import SuiteRun, claim_text, load_suite, summarise
+    from recsys.bench.accuracy import SuiteRun, claim_text, load_suite, markdown, summarise
 
     out = tmp_path / "out"
     for name, params in (("t/small", (30, 50)), ("t/big", (100, 100))):
@@ -182,6 +182,8 @@ def test_claims_on_a_top_level_number_scaled_by_a_factor(tmp_path: Path, kind: s
     assert summary["rows"][0]["num_parameters"] == 40  # the seed mean, as seeds may have searched other sizes
     assert checked["status"] == ("holds" if holds else "fails") and checked["difference"] == pytest.approx(40 - factor * 100)
     assert f"{factor:g} × t/big" in claim_text(checked)
+    # The table gives a size claim as the ratio of the two sizes themselves (40 of 100), not of the scaled b.
+    assert "(0.40×)" in markdown(summary)
     suite = _suite(tmp_path, [{"name": "t/small"}, {"name": "t/big"}], [claim])
     assert load_suite(str(suite))[1] == [claim]
 
