@@ -280,7 +280,9 @@ def summarise(out: Path, runs: list[SuiteRun], seeds: list[int], claims: list[di
             if b[metric]:
                 result["ratio"] = a[metric] / b[metric]  # a over b itself, unscaled: "0.49x" reads better than a count
             result.update(status="holds" if claim_holds(claim["kind"], diff, tolerance) else "fails", difference=diff,
-                          seeds_where_a_wins=sum(d > 0 for d in paired), seeds_where_it_holds=sum(
+                          # a "wins" an at_most claim by being under b (fewer parameters), any other by being over it
+                          seeds_where_a_wins=sum((d < 0) if claim["kind"] == "at_most" else (d > 0) for d in paired),
+                          seeds_where_it_holds=sum(
                               claim_holds(claim["kind"], d, tolerance) for d in paired), seeds_compared=len(common))
         capped = [r["name"] for r in (a, b) if r.get("seeds_at_epoch_cap")]
         if capped and metric.split("/", 1)[0] in ("val", "test"):  # a parameter count does not converge

@@ -159,15 +159,17 @@ def test_the_tables_carry_their_datasets_baselines_and_flag_rows_below_them(tmp_
     table = markdown(summary)
     assert "| baseline: u+i rate | — | 0.7500 | 0.7400 |" in table
     assert "| weak | 2 |" in table and table.count("BELOW BASELINE (baseline: u+i rate)") == 1
-@pytest.mark.parametrize(("kind", "factor", "tolerance", "holds"), [
-    ("at_most", 0.5, 0.0, True),    # 40 <= 0.5 * 100
-    ("at_most", 0.3, 0.0, False),   # 40 > 30
-    ("at_most", 0.3, 10.0, True),   # 40 <= 30 + 10
-    ("at_least", 0.5, 0.0, False),  # 40 < 50
-    ("better", 0.3, 0.0, True),     # 40 > 30
+@pytest.mark.parametrize(("kind", "factor", "tolerance", "holds", "wins"), [
+    # seed means 40 against 100; per seed 30 and 50 against 100. wins: seeds where a is on the claim's side of
+    # the scaled b (under it for at_most, over it otherwise), not counting a tie.
+    ("at_most", 0.5, 0.0, True, 1),    # 40 <= 0.5 * 100; per seed 30 < 50, 50 = 50
+    ("at_most", 0.3, 0.0, False, 0),   # 40 > 30; per seed 30 = 30, 50 > 30
+    ("at_most", 0.3, 10.0, True, 0),   # 40 <= 30 + 10
+    ("at_least", 0.5, 0.0, False, 0),  # 40 < 50; per seed 30 < 50, 50 = 50
+    ("better", 0.3, 0.0, True, 1),     # 40 > 30; per seed 30 = 30, 50 > 30
 ])
 def test_claims_on_a_top_level_number_scaled_by_a_factor(tmp_path: Path, kind: str, factor: float, tolerance: float,
-                                                         holds: bool) -> None:
+                                                         holds: bool, wins: int) -> None:
     from recsys.bench.accuracy import SuiteRun, claim_text, load_suite, markdown, summarise
 
     out = tmp_path / "out"
@@ -181,6 +183,7 @@ def test_claims_on_a_top_level_number_scaled_by_a_factor(tmp_path: Path, kind: s
     (checked,) = summary["claims"]
     assert summary["rows"][0]["num_parameters"] == 40  # the seed mean, as seeds may have searched other sizes
     assert checked["status"] == ("holds" if holds else "fails") and checked["difference"] == pytest.approx(40 - factor * 100)
+    assert checked["seeds_where_a_wins"] == wins and checked["seeds_compared"] == 2
     assert f"{factor:g} × t/big" in claim_text(checked)
     # The table gives a size claim as the ratio of the two sizes themselves (40 of 100), not of the scaled b.
     assert "(0.40×)" in markdown(summary)
