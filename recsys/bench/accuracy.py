@@ -399,12 +399,12 @@ def plot(summary: dict[str, Any]) -> str | None:
             panels.append((table, metric, size, points))
     if not panels:
         return None
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from recsys.plotting import figure_svg
 
     markers = "osD^vP*X<>"
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text: searchable, and a smaller file
@@ -416,10 +416,7 @@ def plot(summary: dict[str, Any]) -> str | None:
             ax.set(xscale="log", xlabel=size.removeprefix("num_").replace("_", " "), ylabel=metric.replace("/", " "),
                    title=f"{table} (mean ± sd over {len(summary['seeds'])} seeds)")
             ax.legend(fontsize=7)
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", bbox_inches="tight")
-        plt.close(fig)
-    return buf.getvalue()
+        return figure_svg(fig)  # inside the context: the font setting applies when the figure is saved
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

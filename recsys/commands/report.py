@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import polars as pl
 
 import recsys.conf
 from recsys.baselines import beats, best_baseline, read_baselines
+from recsys.plotting import figure_svg
 
 REQUIRED_KEYS = ("model", "dataset", "val", "test", "best_epoch", "epochs", "train_seconds", "train_samples_per_second", "num_parameters")
 # Runs written before metrics.json recorded its task's selection metric were CTR runs selected on AUC.
@@ -301,16 +301,6 @@ def _flags(row: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- plots
-def _svg(fig) -> str:  # noqa: ANN001 - a matplotlib Figure
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
-
-
 def roc_points(logits: np.ndarray, labels: np.ndarray, max_points: int = 400) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-logits, kind="stable")
     y = labels[order]
@@ -391,7 +381,7 @@ def _plots(dataset: str, part: pl.DataFrame, runs_by_path: dict[str, dict], top:
         ax_cal.plot([0, 1], [0, 1], ls=":", c="grey")
         ax_cal.set(xlabel="mean predicted probability", ylabel="observed click rate", title="Calibration on test")
         ax_cal.legend(fontsize=8)
-        figures += [("ROC curves", _svg(fig_roc)), ("Calibration (reliability)", _svg(fig_cal))]
+        figures += [("ROC curves", figure_svg(fig_roc)), ("Calibration (reliability)", figure_svg(fig_cal))]
     else:
         plt.close(fig_roc)
         plt.close(fig_cal)
@@ -411,7 +401,7 @@ def _plots(dataset: str, part: pl.DataFrame, runs_by_path: dict[str, dict], top:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlim(0.5, longest + 0.5)
     ax.legend(fontsize=7)
-    figures.append((f"Validation {name} per epoch", _svg(fig)))
+    figures.append((f"Validation {name} per epoch", figure_svg(fig)))
 
     if test_col is None:
         return figures
@@ -421,7 +411,7 @@ def _plots(dataset: str, part: pl.DataFrame, runs_by_path: dict[str, dict], top:
     ax.set(xscale="log", xlabel="parameters", ylabel=f"test {name}", title=f"{name} against model size")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels on the decades only: none overlap
     ax.legend(fontsize=7)
-    figures.append((f"{name} against parameter count", _svg(fig)))
+    figures.append((f"{name} against parameter count", figure_svg(fig)))
 
     with_latency = part.filter(pl.col("latency_ms").is_not_null())
     if with_latency.height:
@@ -430,7 +420,7 @@ def _plots(dataset: str, part: pl.DataFrame, runs_by_path: dict[str, dict], top:
         _baseline_line(ax, baselines, test_col, mode)
         ax.set(xlabel="inference latency (ms)", ylabel=f"test {name}", title=f"{name} against latency")
         ax.legend(fontsize=7)
-        figures.append((f"{name} against latency", _svg(fig)))
+        figures.append((f"{name} against latency", figure_svg(fig)))
     return figures
 
 
