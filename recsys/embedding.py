@@ -13,7 +13,11 @@ Three more options serve the search-then-retrain models (docs/search.md):
 - *cross sets* (OptInter's memorised pairs): a named set whose "fields" are pairs of sparse fields; the
   layer computes each pair's cross id from the two ids (exact when the product of the two vocabularies
   fits the pair's rows, else the stable hash of `recsys.kernels.hashing`, which exports to ONNX), so
-  the Batch and the feature pipeline stay as they are, and all pairs are still one gather;
+  the Batch and the feature pipeline stay as they are, and all pairs are still one gather. With a
+  minimum count (`cross_min_count`, OptInter's official preprocessing keeps a cross value seen 20 times in
+  training on Criteo), rows whose training count falls short share one extra row per pair:
+  `count_crosses` counts them once from the training split (the task calls it at setup) into a persistent
+  mask, so checkpoints and the exported ONNX graph carry the same vocabulary;
 - *dimension gates* (`gate_dims`, DNIS's search): one weight per (frequency block, dimension), multiplied
   into every looked-up row of a set;
 - *kept dimensions* (`keep_dims`, DNIS's retrain): per (vocabulary table, contiguous row range), the
@@ -26,7 +30,7 @@ A layer without these options keeps the one-gather fast path.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +57,13 @@ class _Group:
     seq_fields: tuple[str, ...]
     # A cross set: pair names, in the order of their rows and outputs (no schema fields then).
     cross_pairs: tuple[str, ...] = ()
+
+
+def _mark_crosses_counted(layer: FeatureEmbedding, incompatible: Any) -> None:
+    """After a state is loaded: its cross masks are the training vocabulary, unless a mask was missing
+    from it (a state saved without a minimum count), which leaves them uncounted."""
+    if not any(key.endswith("__cross_kept") for key in incompatible.missing_keys):
+        layer.crosses_counted = True
 
 
 def _field_dim(spec: DimSpec, f: FieldSpec, use_schema_dims: bool) -> int | None:
@@ -87,6 +98,9 @@ class FeatureEmbedding(nn.Module):
             width is its `tables` entry (an int). A pair named "a*b" gets V_a * V_b rows (exact ids)
             when that is at most `cross_buckets`, else `cross_buckets` hashed rows.
         cross_buckets: the most rows one pair of a cross set may have.
+        cross_min_count: a cross row whose value occurs fewer times in the training split shares the
+            pair's one extra row (its "rare" row) with the pair's other rare and unseen values; 1 keeps every
+            row (no extra row). Above 1, `count_crosses` must run before the layer looks crosses up.
 
     Padding rows (id 0 of every vocabulary table; a packed table's stored entries of those rows) stay zero
     through training (a cross set's rows are pairs of real ids, none of them padding): a hook zeroes their
@@ -108,8 +122,14 @@ class FeatureEmbedding(nn.Module):
         init_std: float = 1e-4,
         crosses: Mapping[str, Sequence[Sequence[str]]] | None = None,
         cross_buckets: int = 1 << 16,
+        cross_min_count: int = 1,
     ):
         super().__init__()
+        if cross_min_count < 1:
+            raise ValueError(f"cross_min_count must be >= 1, got {cross_min_count}")
+        self.cross_min_count = int(cross_min_count)
+        # Whether the rows that reach the minimum count are known (count_crosses, or a loaded state).
+        self.crosses_counted = False
         if seq_pooling not in POOLINGS:
             raise ValueError(f"seq_pooling must be one of {POOLINGS}, got {seq_pooling!r}")
         self.seq_pooling = seq_pooling
@@ -250,14 +270,15 @@ class FeatureEmbedding(nn.Module):
             buckets.append(size)
             exact.append(product <= cross_buckets)
             offsets.append(rows)
-            rows += size
+            rows += size + (self.cross_min_count > 1)  # the pair's rare row ends its block
         if len(set(names)) != len(names):
             raise ValueError(f"cross set {table_set!r} names a pair twice: {names}")
         width = int(width)
         group = _Group(key=f"{table_set}__{width}", dim=width, sparse_fields=(), dense_fields=(), seq_fields=(),
                        cross_pairs=tuple(names))
         self.field_dims[table_set] = {n: width for n in names}
-        self.table_rows[group.key] = {n: (o, b) for n, o, b in zip(names, offsets, buckets)}
+        rare = self.cross_min_count > 1
+        self.table_rows[group.key] = {n: (o, b + rare) for n, o, b in zip(names, offsets, buckets)}
         self._buffer(group, "cross_left", left)
         self._buffer(group, "cross_right", right)
         self._buffer(group, "cross_right_sizes", right_sizes)
@@ -266,13 +287,30 @@ class FeatureEmbedding(nn.Module):
         self.register_buffer(f"{group.key}__cross_exact", torch.tensor(exact, dtype=torch.bool), persistent=False)
         if not all(exact):
             self._hashed_crosses.add(group.key)
+        if rare:
+            self._buffer(group, "cross_rare_rows", [o + b for o, b in zip(offsets, buckets)])
+            # Persistent: the training vocabulary travels with every checkpoint and export.
+            self.register_buffer(f"{group.key}__cross_kept", torch.zeros(rows, dtype=torch.bool))
+            self.register_load_state_dict_post_hook(_mark_crosses_counted)
         self.weights[group.key] = nn.Parameter(torch.randn(rows, width) * self.init_std)
         self.groups[table_set] = [group]
         self.register_buffer(f"{table_set}__flat_order", torch.arange(len(names) * width), persistent=False)
 
     def _cross_ids(self, batch: Batch, group: _Group) -> torch.Tensor:
         """[B, pairs] fused rows of the pairs' cross values: a * V_b + b where the pair's rows hold every
-        combination, else its stable hash modulo the pair's rows."""
+        combination, else its stable hash modulo the pair's rows; under a minimum count, the pair's rare
+        row for a value that did not reach it in training."""
+        rows = self._value_rows(batch, group)
+        if self.cross_min_count == 1:  # a static fact of the layer, never of the data
+            return rows
+        if not self.crosses_counted:
+            raise RuntimeError(f"cross_min_count={self.cross_min_count}: the rows that reach it are not known yet; "
+                               "call count_crosses(training batches) first (the training task does at setup)")
+        kept = self._get(group, "cross_kept").index_select(0, rows.flatten()).view_as(rows)
+        return torch.where(kept, rows, self._get(group, "cross_rare_rows"))
+
+    def _value_rows(self, batch: Batch, group: _Group) -> torch.Tensor:
+        """[B, pairs] the rows of the pairs' cross values themselves (before the minimum count)."""
         a = batch.sparse.index_select(1, self._get(group, "cross_left"))
         b = batch.sparse.index_select(1, self._get(group, "cross_right"))
         cross = a * self._get(group, "cross_right_sizes") + b
@@ -280,6 +318,27 @@ class FeatureEmbedding(nn.Module):
             exact = self._get(group, "cross_exact")
             cross = torch.where(exact, cross, stable_hash(cross) % self._get(group, "cross_buckets"))
         return cross + self._get(group, "cross_offsets")
+
+    def count_crosses(self, batches: Iterable[Batch]) -> dict[str, dict[str, int]]:
+        """Count every cross row over `batches` (the whole training split, once) and keep the rows that
+        reach `cross_min_count`. Returns, per cross set, the rows seen and the rows kept. A no-op without a
+        minimum count. Hashed pairs count per bucket (a bucket's values together)."""
+        groups = [g for gs in self.groups.values() for g in gs if g.cross_pairs]
+        if self.cross_min_count == 1 or not groups:
+            return {}
+        counts = {g.key: torch.zeros(self.weights[g.key].shape[0], dtype=torch.long, device=self.weights[g.key].device)
+                  for g in groups}
+        for batch in batches:
+            batch = batch.to(self.weights[groups[0].key].device)
+            for g in groups:
+                counts[g.key] += torch.bincount(self._value_rows(batch, g).flatten(), minlength=counts[g.key].numel())
+        summary = {}
+        for g in groups:
+            kept = counts[g.key] >= self.cross_min_count
+            self._get(g, "cross_kept").copy_(kept)
+            summary[g.key] = {"seen": int((counts[g.key] > 0).sum()), "kept": int(kept.sum())}
+        self.crosses_counted = True
+        return summary
 
     def hashed_pairs(self, table_set: str) -> list[str]:
         """The pairs of a cross set whose ids are hashed (more value combinations than their rows), in order."""

@@ -196,6 +196,52 @@ def test_cross_sets_give_each_pair_its_own_rows_exact_or_hashed(wide) -> None:
         FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("a", "nope")]})
 
 
+def test_a_minimum_count_gives_rare_cross_values_one_shared_row_per_pair(wide) -> None:
+    from collections import Counter
+
+    from recsys.kernels.hashing import stable_hash
+
+    schema, batch = wide
+    size = {f.name: f.vocab_size for f in schema.sparse}  # a 32, b 22, c 5
+    emb = FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a"), ("a", "b")]},
+                           cross_buckets=200, cross_min_count=2, init_std=1.0)
+    # Each pair's block gains one row at its end, the rare row: c*a rows [0, 160) + 160, a*b [161, 361) + 361.
+    assert emb.table_rows["cross__3"] == {"c*a": (0, 161), "a*b": (161, 201)}
+    with pytest.raises(RuntimeError, match="call count_crosses"):
+        emb(batch, "cross")
+    train = batch.take(slice(0, 45))  # rows 0-14 of a's 30 values occur twice here, 15-29 once
+    summary = emb.count_crosses([train.take(slice(0, 20)), train.take(slice(20, 45))])
+    a, b, c = (batch.sparse[:, i] for i in range(3))
+    seen = Counter(zip(c[:45].tolist(), a[:45].tolist()))
+    buckets = (stable_hash(a * size["b"] + b) % 200).tolist()
+    bucket_seen = Counter(buckets[:45])
+    assert summary == {"cross__3": {"seen": len(seen) + len(bucket_seen),
+                                    "kept": sum(n >= 2 for n in seen.values()) + sum(n >= 2 for n in bucket_seen.values())}}
+    weight = emb.weights["cross__3"]
+    out = emb(batch, "cross")
+    for i in range(len(batch)):  # every row of the batch, the 15 rows after the training ones included
+        value = (int(c[i]), int(a[i]))
+        own = value[0] * size["a"] + value[1]
+        assert torch.equal(out[i, 0], weight[own if seen[value] >= 2 else 160]), (i, value, seen[value])
+        bucket = buckets[i]
+        assert torch.equal(out[i, 1], weight[161 + bucket if bucket_seen[bucket] >= 2 else 361]), (i, bucket)
+    assert 0 < sum(n >= 2 for n in seen.values()) < len(seen)  # both kinds occur
+    # The kept rows travel with the state: a fresh layer loaded from it looks up the same rows.
+    loaded = FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a"), ("a", "b")]},
+                              cross_buckets=200, cross_min_count=2)
+    loaded.load_state_dict(emb.state_dict())
+    assert torch.equal(loaded(batch, "cross"), out)
+    # A state without them (saved without a minimum count) does not pass for counted.
+    state = {k: v for k, v in emb.state_dict().items() if not k.endswith("__cross_kept")}
+    partial = FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a"), ("a", "b")]},
+                               cross_buckets=200, cross_min_count=2)
+    partial.load_state_dict(state, strict=False)
+    with pytest.raises(RuntimeError, match="call count_crosses"):
+        partial(batch, "cross")
+    with pytest.raises(ValueError, match="cross_min_count must be >= 1"):
+        FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a")]}, cross_min_count=0)
+
+
 def test_packed_kept_dims_store_only_the_kept_entries_and_look_up_as_a_masked_table(wide) -> None:
     schema, batch = wide
     emb = FeatureEmbedding(schema, tables={"default": 4, "linear": 1}, init_std=1.0)

@@ -186,14 +186,21 @@ class CTRDataModule(SplitsDataModule):
         """Training occurrence counts per vocabulary table, from the fitted feature artifacts."""
         return FeaturePipeline.load(self.prepared.features_dir).row_counts()
 
-    def _split_source(self, split: str, batch_size: int, *, shuffle: bool) -> BatchSource:
-        """The split's batches from this run's storage: whole-split Batches in memory, or read from disk."""
+    def training_pass(self) -> BatchSource:
+        """Every training row once, in split order, whatever this process's shard: for statistics every
+        process must agree on (OptInter's cross vocabulary under a minimum count)."""
+        return self._split_source("train", self.eval_batch_size, shuffle=False, whole=True)
+
+    def _split_source(self, split: str, batch_size: int, *, shuffle: bool, whole: bool = False) -> BatchSource:
+        """The split's batches from this run's storage: whole-split Batches in memory, or read from disk;
+        this process's shard of them unless `whole`."""
+        shard = {} if whole else self._shard()
         if self.resolve_storage() == "memory":
             block_rows = self.block_rows if self.resolved_order == "blocks" else None
             return BatchIterator(self.load(split), batch_size, shuffle=shuffle, seed=self.seed, block_rows=block_rows,
-                                 **self._shard())
+                                 **shard)
         return DiskSource(self.load_arrays(split), batch_size, shuffle=shuffle, seed=self.seed,
-                          block_rows=self.block_rows, **self._shard())
+                          block_rows=self.block_rows, **shard)
 
 
 class NextItemDataModule(SplitsDataModule):

@@ -5,6 +5,7 @@ finite. Models stay plain nn.Modules; everything about optimisation lives in the
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -15,6 +16,8 @@ from torch import nn
 
 from recsys.batch import Batch
 from recsys.embedding import FeatureEmbedding
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -58,6 +61,15 @@ class Task(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
+        uncounted = [e for e in self._embeddings if e.cross_min_count > 1 and not e.crosses_counted]
+        if uncounted:  # a minimum count on cross values: which rows reach it, from the training split alone
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "training_pass"):
+                raise RuntimeError("cross_min_count needs a data module that provides training_pass()")
+            for embedding in uncounted:
+                for key, rows in embedding.count_crosses(datamodule.training_pass()).items():
+                    log.info("%s: %s of the %s cross rows seen in training reach the minimum count %d; the rest share "
+                             "one row per pair", key, f"{rows['kept']:,}", f"{rows['seen']:,}", embedding.cross_min_count)
         if self.hparams.embedding_l2_scope == "mba" and self.hparams.embedding_l2:
             datamodule = getattr(self.trainer, "datamodule", None)
             if datamodule is None or not hasattr(datamodule, "row_counts"):

@@ -245,3 +245,49 @@ def test_a_warm_up_that_fills_every_epoch_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"warmup_epochs=2 leaves no search epoch in trainer.max_epochs=2"):
         train(cfg, out)
     assert not (out / "architecture.json").exists()
+
+
+def test_a_minimum_count_is_counted_on_the_training_split_and_exported_with_the_run(tmp_path) -> None:
+    import polars as pl
+
+    from recsys.commands.train import train
+    from recsys.config import prepare_configured
+    from recsys.serving.export import SCORE_ATOL, export_run
+    from recsys.serving.runs import load_run
+
+    common = [*TINY["optinter"], "model.architecture=memorise", "model.cross_min_count=3", "model.cross_buckets=100000",
+              "data=synthetic",
+              "data.synthetic.n_train=1500", "data.synthetic.n_valid=1200", "data.synthetic.n_test=500",
+              "data.batch_size=256", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+              f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'run'}"]
+    cfg = compose_train_config(common)
+    train(cfg, tmp_path / "run")
+    embedding = load_run(tmp_path / "run").scorer.model.embedding
+    assert embedding.crosses_counted  # from the checkpoint's state
+    (group,) = embedding.groups["cross"]
+    kept = embedding._get(group, "cross_kept")
+    # The rows that reach 3, counted here from the prepared training split alone, pair by exact pair.
+    prepared = prepare_configured(cfg)
+    sizes = {f.name: f.vocab_size for f in prepared.schema().sparse}
+    exact = dict(zip(group.cross_pairs, embedding._get(group, "cross_exact").tolist()))
+    checked = differs = 0
+    for name, (first, rows) in embedding.table_rows[group.key].items():
+        if not exact[name]:
+            continue
+        a, b = name.split("*")
+        frames = {split: pl.read_parquet(prepared.split_path(split)) for split in ("train", "valid")}
+
+        def reaching(frame: pl.DataFrame) -> torch.Tensor:
+            counts = frame.group_by(a, b).len().filter(pl.col("len") >= 3)
+            mask = torch.zeros(rows, dtype=torch.bool)
+            mask[torch.tensor((counts[a] * sizes[b] + counts[b]).to_list(), dtype=torch.long)] = True
+            return mask
+
+        assert torch.equal(kept[first:first + rows], reaching(frames["train"])), name
+        checked += 1
+        # Validation rows would have counted: the training split and validation together reach 3 elsewhere.
+        differs += not torch.equal(kept[first:first + rows], reaching(pl.concat([frames["train"], frames["valid"]])))
+    assert checked >= 3 and differs >= 1 and 0 < int(kept.sum()) < kept.numel()
+    # The exported graph carries the same vocabulary: parity with torch on the validation rows.
+    meta = export_run(tmp_path / "run", tmp_path / "export", cache_dir=tmp_path / "cache")
+    assert meta["parity"]["max_abs_diff"] <= SCORE_ATOL
