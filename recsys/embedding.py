@@ -15,9 +15,10 @@ Three more options serve the search-then-retrain models (docs/search.md):
   fits the pair's rows, else the stable hash of `recsys.kernels.hashing`, which exports to ONNX), so
   the Batch and the feature pipeline stay as they are, and all pairs are still one gather. With a
   minimum count (`cross_min_count`, OptInter's official preprocessing keeps a cross value seen 20 times in
-  training on Criteo), rows whose training count falls short share one extra row per pair:
-  `count_crosses` counts them once from the training split (the task calls it at setup) into a persistent
-  mask, so checkpoints and the exported ONNX graph carry the same vocabulary;
+  training on Criteo), only the values that reach it get rows, and the rest share one row per pair:
+  `count_crosses` counts them once over the training split (the task calls it at setup) and sizes the
+  table to them; a persistent index from value to row carries that vocabulary into checkpoints and the
+  exported ONNX graph;
 - *dimension gates* (`gate_dims`, DNIS's search): one weight per (frequency block, dimension), multiplied
   into every looked-up row of a set;
 - *kept dimensions* (`keep_dims`, DNIS's retrain): per (vocabulary table, contiguous row range), the
@@ -59,13 +60,6 @@ class _Group:
     cross_pairs: tuple[str, ...] = ()
 
 
-def _mark_crosses_counted(layer: FeatureEmbedding, incompatible: Any) -> None:
-    """After a state is loaded: its cross masks are the training vocabulary, unless a mask was missing
-    from it (a state saved without a minimum count), which leaves them uncounted."""
-    if not any(key.endswith("__cross_kept") for key in incompatible.missing_keys):
-        layer.crosses_counted = True
-
-
 def _field_dim(spec: DimSpec, f: FieldSpec, use_schema_dims: bool) -> int | None:
     """The field's width in one table set; None when a named (non-default) set leaves the field out."""
     if isinstance(spec, Mapping):
@@ -98,9 +92,10 @@ class FeatureEmbedding(nn.Module):
             width is its `tables` entry (an int). A pair named "a*b" gets V_a * V_b rows (exact ids)
             when that is at most `cross_buckets`, else `cross_buckets` hashed rows.
         cross_buckets: the most rows one pair of a cross set may have.
-        cross_min_count: a cross row whose value occurs fewer times in the training split shares the
-            pair's one extra row (its "rare" row) with the pair's other rare and unseen values; 1 keeps every
-            row (no extra row). Above 1, `count_crosses` must run before the layer looks crosses up.
+        cross_min_count: a cross value (a row of the pair's exact or hashed range) that occurs fewer times
+            in the training split has no row of its own: it shares the pair's one "rare" row with the pair's
+            other rare and unseen values. 1 gives every value a row. Above 1, `count_crosses` sizes the
+            table and must run before the layer looks crosses up (until then it holds one row per pair).
 
     Padding rows (id 0 of every vocabulary table; a packed table's stored entries of those rows) stay zero
     through training (a cross set's rows are pairs of real ids, none of them padding): a hook zeroes their
@@ -270,15 +265,14 @@ class FeatureEmbedding(nn.Module):
             buckets.append(size)
             exact.append(product <= cross_buckets)
             offsets.append(rows)
-            rows += size + (self.cross_min_count > 1)  # the pair's rare row ends its block
+            rows += size
         if len(set(names)) != len(names):
             raise ValueError(f"cross set {table_set!r} names a pair twice: {names}")
         width = int(width)
         group = _Group(key=f"{table_set}__{width}", dim=width, sparse_fields=(), dense_fields=(), seq_fields=(),
                        cross_pairs=tuple(names))
         self.field_dims[table_set] = {n: width for n in names}
-        rare = self.cross_min_count > 1
-        self.table_rows[group.key] = {n: (o, b + rare) for n, o, b in zip(names, offsets, buckets)}
+        self.table_rows[group.key] = {n: (o, b) for n, o, b in zip(names, offsets, buckets)}
         self._buffer(group, "cross_left", left)
         self._buffer(group, "cross_right", right)
         self._buffer(group, "cross_right_sizes", right_sizes)
@@ -287,12 +281,15 @@ class FeatureEmbedding(nn.Module):
         self.register_buffer(f"{group.key}__cross_exact", torch.tensor(exact, dtype=torch.bool), persistent=False)
         if not all(exact):
             self._hashed_crosses.add(group.key)
-        if rare:
-            self._buffer(group, "cross_rare_rows", [o + b for o, b in zip(offsets, buckets)])
-            # Persistent: the training vocabulary travels with every checkpoint and export.
-            self.register_buffer(f"{group.key}__cross_kept", torch.zeros(rows, dtype=torch.bool))
-            self.register_load_state_dict_post_hook(_mark_crosses_counted)
-        self.weights[group.key] = nn.Parameter(torch.randn(rows, width) * self.init_std)
+        if self.cross_min_count > 1:
+            # Value row -> table row, set by count_crosses. Persistent: the training vocabulary travels with
+            # every checkpoint and export. int32 halves what an export stores for it (4 bytes per value).
+            self.register_buffer(f"{group.key}__cross_index", torch.zeros(rows, dtype=torch.int32))
+            # Until counted, one (rare) row per pair.
+            self.table_rows[group.key] = {n: (i, 1) for i, n in enumerate(names)}
+            self.weights[group.key] = nn.Parameter(torch.zeros(len(names), width))
+        else:
+            self.weights[group.key] = nn.Parameter(torch.randn(rows, width) * self.init_std)
         self.groups[table_set] = [group]
         self.register_buffer(f"{table_set}__flat_order", torch.arange(len(names) * width), persistent=False)
 
@@ -306,8 +303,7 @@ class FeatureEmbedding(nn.Module):
         if not self.crosses_counted:
             raise RuntimeError(f"cross_min_count={self.cross_min_count}: the rows that reach it are not known yet; "
                                "call count_crosses(training batches) first (the training task does at setup)")
-        kept = self._get(group, "cross_kept").index_select(0, rows.flatten()).view_as(rows)
-        return torch.where(kept, rows, self._get(group, "cross_rare_rows"))
+        return self._get(group, "cross_index").index_select(0, rows.flatten()).view_as(rows).long()
 
     def _value_rows(self, batch: Batch, group: _Group) -> torch.Tensor:
         """[B, pairs] the rows of the pairs' cross values themselves (before the minimum count)."""
@@ -320,25 +316,63 @@ class FeatureEmbedding(nn.Module):
         return cross + self._get(group, "cross_offsets")
 
     def count_crosses(self, batches: Iterable[Batch]) -> dict[str, dict[str, int]]:
-        """Count every cross row over `batches` (the whole training split, once) and keep the rows that
-        reach `cross_min_count`. Returns, per cross set, the rows seen and the rows kept. A no-op without a
-        minimum count. Hashed pairs count per bucket (a bucket's values together)."""
+        """Count every cross value over `batches` (the whole training split, once) and give the values that
+        reach `cross_min_count` rows of their own, each pair's block ending in its rare row. The table is
+        made anew at that size (initialised as at construction): call it before an optimiser holds the
+        table, as the task's setup does. Returns, per cross set, the values seen and the values kept. A no-op
+        without a minimum count. A hashed pair counts per bucket (a bucket's values together)."""
         groups = [g for gs in self.groups.values() for g in gs if g.cross_pairs]
         if self.cross_min_count == 1 or not groups:
             return {}
-        counts = {g.key: torch.zeros(self.weights[g.key].shape[0], dtype=torch.long, device=self.weights[g.key].device)
-                  for g in groups}
+        device = self.weights[groups[0].key].device
+        counts = {g.key: torch.zeros(self._get(g, "cross_index").numel(), dtype=torch.long, device=device) for g in groups}
         for batch in batches:
-            batch = batch.to(self.weights[groups[0].key].device)
+            batch = batch.to(device)
             for g in groups:
                 counts[g.key] += torch.bincount(self._value_rows(batch, g).flatten(), minlength=counts[g.key].numel())
         summary = {}
         for g in groups:
             kept = counts[g.key] >= self.cross_min_count
-            self._get(g, "cross_kept").copy_(kept)
+            index = torch.empty(kept.numel(), dtype=torch.int32, device=device)
+            blocks, first = {}, 0
+            # One pass per pair at setup (not per batch): each pair's kept values in value order, then its rare row.
+            for name, (start, size) in zip(g.cross_pairs, self._value_ranges(g)):
+                pair_kept = kept[start:start + size]
+                n = int(pair_kept.sum())
+                block = torch.full((size,), first + n, dtype=torch.int32, device=device)
+                block[pair_kept] = torch.arange(first, first + n, dtype=torch.int32, device=device)
+                index[start:start + size] = block
+                blocks[name] = (first, n + 1)
+                first += n + 1
+            self._get(g, "cross_index").copy_(index)
+            self.table_rows[g.key] = blocks
+            self.weights[g.key] = nn.Parameter(torch.randn(first, g.dim, device=device) * self.init_std)
             summary[g.key] = {"seen": int((counts[g.key] > 0).sum()), "kept": int(kept.sum())}
         self.crosses_counted = True
         return summary
+
+    def _value_ranges(self, group: _Group) -> list[tuple[int, int]]:
+        """(first value row, value rows) per pair of a cross set: the static ranges the index maps from."""
+        return list(zip(self._get(group, "cross_offsets").tolist(), self._get(group, "cross_buckets").tolist()))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # A state counted under a minimum count holds a table sized by its training data: take that size
+        # (before the weights' own load copies into it) and the blocks its index gives each pair.
+        for groups in self.groups.values():
+            for g in groups:
+                index = state_dict.get(f"{prefix}{g.key}__cross_index")
+                table = state_dict.get(f"{prefix}weights.{g.key}")
+                if not g.cross_pairs or self.cross_min_count == 1 or index is None or table is None:
+                    continue
+                if table.shape != self.weights[g.key].shape:
+                    self.weights[g.key] = nn.Parameter(torch.empty(table.shape, dtype=table.dtype, device=self.weights[g.key].device))
+                self.table_rows[g.key] = {}
+                for name, (start, size) in zip(g.cross_pairs, self._value_ranges(g)):
+                    block = index[start:start + size]
+                    low, high = int(block.min()), int(block.max())
+                    self.table_rows[g.key][name] = (low, high - low + 1)
+                self.crosses_counted = True
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def hashed_pairs(self, table_set: str) -> list[str]:
         """The pairs of a cross set whose ids are hashed (more value combinations than their rows), in order."""

@@ -196,48 +196,46 @@ def test_cross_sets_give_each_pair_its_own_rows_exact_or_hashed(wide) -> None:
         FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("a", "nope")]})
 
 
-def test_a_minimum_count_gives_rare_cross_values_one_shared_row_per_pair(wide) -> None:
+def test_a_minimum_count_gives_rows_to_the_values_that_reach_it_and_one_shared_row_per_pair(wide) -> None:
     from collections import Counter
 
     from recsys.kernels.hashing import stable_hash
 
     schema, batch = wide
     size = {f.name: f.vocab_size for f in schema.sparse}  # a 32, b 22, c 5
-    emb = FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a"), ("a", "b")]},
-                           cross_buckets=200, cross_min_count=2, init_std=1.0)
-    # Each pair's block gains one row at its end, the rare row: c*a rows [0, 160) + 160, a*b [161, 361) + 361.
-    assert emb.table_rows["cross__3"] == {"c*a": (0, 161), "a*b": (161, 201)}
+    make = lambda: FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a"), ("a", "b")]},  # noqa: E731
+                                    cross_buckets=200, cross_min_count=2, init_std=1.0)
+    emb = make()
+    assert emb.table_rows["cross__3"] == {"c*a": (0, 1), "a*b": (1, 1)}  # one row per pair until counted
     with pytest.raises(RuntimeError, match="call count_crosses"):
         emb(batch, "cross")
-    train = batch.take(slice(0, 45))  # rows 0-14 of a's 30 values occur twice here, 15-29 once
+    train = batch.take(slice(0, 45))  # c*a: a's values 0-14 occur twice here, 15-29 once
     summary = emb.count_crosses([train.take(slice(0, 20)), train.take(slice(20, 45))])
+    # Expected, counted here: c*a is exact (5 x 32 values), a*b hashed into 200 buckets, counted per bucket.
     a, b, c = (batch.sparse[:, i] for i in range(3))
-    seen = Counter(zip(c[:45].tolist(), a[:45].tolist()))
-    buckets = (stable_hash(a * size["b"] + b) % 200).tolist()
-    bucket_seen = Counter(buckets[:45])
-    assert summary == {"cross__3": {"seen": len(seen) + len(bucket_seen),
-                                    "kept": sum(n >= 2 for n in seen.values()) + sum(n >= 2 for n in bucket_seen.values())}}
+    values = {"c*a": (c * size["a"] + a).tolist(), "a*b": (stable_hash(a * size["b"] + b) % 200).tolist()}
+    seen = {pair: Counter(v[:45]) for pair, v in values.items()}
+    kept = {pair: sorted(v for v, n in counts.items() if n >= 2) for pair, counts in seen.items()}
+    assert 0 < len(kept["c*a"]) < len(seen["c*a"]) and 0 < len(kept["a*b"]) < len(seen["a*b"])  # both kinds occur
+    assert summary == {"cross__3": {"seen": sum(map(len, seen.values())), "kept": sum(map(len, kept.values()))}}
+    n_ca, n_ab = len(kept["c*a"]), len(kept["a*b"])
+    # The table holds the kept values and one rare row per pair, nothing else.
+    assert emb.table_rows["cross__3"] == {"c*a": (0, n_ca + 1), "a*b": (n_ca + 1, n_ab + 1)}
+    assert emb.weights["cross__3"].shape == (n_ca + n_ab + 2, 3)
     weight = emb.weights["cross__3"]
     out = emb(batch, "cross")
-    for i in range(len(batch)):  # every row of the batch, the 15 rows after the training ones included
-        value = (int(c[i]), int(a[i]))
-        own = value[0] * size["a"] + value[1]
-        assert torch.equal(out[i, 0], weight[own if seen[value] >= 2 else 160]), (i, value, seen[value])
-        bucket = buckets[i]
-        assert torch.equal(out[i, 1], weight[161 + bucket if bucket_seen[bucket] >= 2 else 361]), (i, bucket)
-    assert 0 < sum(n >= 2 for n in seen.values()) < len(seen)  # both kinds occur
-    # The kept rows travel with the state: a fresh layer loaded from it looks up the same rows.
-    loaded = FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a"), ("a", "b")]},
-                              cross_buckets=200, cross_min_count=2)
+    for column, (pair, first) in enumerate((("c*a", 0), ("a*b", n_ca + 1))):
+        for i, value in enumerate(values[pair]):  # every row of the batch, the 15 after the training ones too
+            own = kept[pair].index(value) if value in kept[pair] else len(kept[pair])
+            assert torch.equal(out[i, column], weight[first + own]), (pair, i, value)
+    # The counted vocabulary travels with the state: a fresh layer takes the table's size and the same rows.
+    loaded = make()
     loaded.load_state_dict(emb.state_dict())
-    assert torch.equal(loaded(batch, "cross"), out)
-    # A state without them (saved without a minimum count) does not pass for counted.
-    state = {k: v for k, v in emb.state_dict().items() if not k.endswith("__cross_kept")}
-    partial = FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a"), ("a", "b")]},
-                               cross_buckets=200, cross_min_count=2)
-    partial.load_state_dict(state, strict=False)
-    with pytest.raises(RuntimeError, match="call count_crosses"):
-        partial(batch, "cross")
+    assert torch.equal(loaded(batch, "cross"), out) and loaded.table_rows == emb.table_rows
+    # A state without the index cannot pass for counted: its table does not fit the uncounted layer.
+    state = {k: v for k, v in emb.state_dict().items() if not k.endswith("__cross_index")}
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        make().load_state_dict(state, strict=False)
     with pytest.raises(ValueError, match="cross_min_count must be >= 1"):
         FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a")]}, cross_min_count=0)
 

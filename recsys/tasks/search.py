@@ -66,8 +66,13 @@ class SearchTask(CTRTask):
         # Lightning clips only under automatic optimisation; the train command hands the trainer's setting here.
         self.gradient_clip_val: float | None = None
         arch = {id(p) for p in model.architecture_parameters()}
-        self._weights = [p for p in model.parameters() if id(p) not in arch]
         self._net_params = [p for p in self._net_params if id(p) not in arch]  # no L2 on the architecture
+
+    @property
+    def _weights(self) -> list[nn.Parameter]:
+        """The model weights, read when used: setup may make a table anew (OptInter's counted crosses)."""
+        arch = {id(p) for p in self.model.architecture_parameters()}
+        return [p for p in self.model.parameters() if id(p) not in arch]
 
     @property
     def searching(self) -> bool:

@@ -24,8 +24,11 @@ TINY = {
                  "model.pair_dim=3", "model.cross_buckets=300", "model.temperature_decay=0.05"],
     "dnis": ["model=dnis", "+model.base_params={embedding_dim: 4, hidden_units: [16], dropout: 0.0}", "model.l1=0.01"],
 }
+# OptInter with a minimum count on memorised values: its cross table is sized at setup, from training counts.
+TINY["optinter_counted"] = [*TINY["optinter"], "model.cross_min_count=2"]
 # DNIS warms up one epoch with plain SGD on its gates, as its official code does.
-TASK = {"optinter": {}, "dnis": {"warmup_epochs": 1, "architecture_optimizer": "sgd", "architecture_learning_rate": 0.05}}
+TASK = {"optinter": {}, "optinter_counted": {}, "dnis": {"warmup_epochs": 1, "architecture_optimizer": "sgd",
+                                                         "architecture_learning_rate": 0.05}}
 
 
 def _search(name: str, datamodule, seed: int = 0) -> SearchTask:  # noqa: ANN001
@@ -48,8 +51,9 @@ def search_data(small_synthetic) -> SearchDataModule:  # noqa: ANN001
     return module
 
 
-@pytest.mark.parametrize("name", ["optinter", "dnis"])
+@pytest.mark.parametrize("name", ["optinter", "optinter_counted", "dnis"])
 def test_a_search_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does(name: str, search_data, tmp_path) -> None:
+    kind = name.split("_")[0]
     uninterrupted = _search(name, search_data)
     _trainer(tmp_path, 3).fit(uninterrupted, datamodule=search_data)
 
@@ -62,12 +66,12 @@ def test_a_search_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_do
     # The search state is in the checkpoint: the architecture parameters, the step and block buffers, and
     # both optimisers (the weights' and the architecture's).
     keys = set(saved["state_dict"])
-    assert {"model.arch_logits", "model.search_steps"} <= keys if name == "optinter" else \
+    assert {"model.arch_logits", "model.search_steps"} <= keys if kind == "optinter" else \
         {"model.base.embedding.dim_gates.default__4", "model.base.embedding.default__4__row_block", "model.blocks_assigned"} <= keys
     weights_state, arch_state = saved["optimizer_states"]
     assert weights_state["state"]  # Adam's moments
     # OptInter's architecture Adam has moments too; DNIS's plain SGD keeps only its settings.
-    assert bool(arch_state["state"]) == (name == "optinter") and arch_state["param_groups"][0]["lr"] == (0.05 if name == "dnis" else 1e-3)
+    assert bool(arch_state["state"]) == (kind == "optinter") and arch_state["param_groups"][0]["lr"] == (0.05 if name == "dnis" else 1e-3)
 
     resumed = _search(name, search_data, seed=1)  # other initial weights: all must come from the checkpoint
     _trainer(tmp_path, 3).fit(resumed, datamodule=search_data, ckpt_path=path)
@@ -75,7 +79,12 @@ def test_a_search_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_do
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    if name == "optinter":
+    if name == "optinter_counted":  # the counted table: sized by the data, then stepped like any other
+        rows = resumed.model.embedding.weights["cross__3"].shape[0]
+        assert "model.embedding.cross__3__cross_index" in keys and 10 < rows < resumed.model.embedding.cross__3__cross_index.numel()
+        # The weights' optimiser steps the table made at setup, not the placeholder it replaced.
+        assert any(v["exp_avg"].shape[:1] == (rows,) for v in weights_state["state"].values())
+    if kind == "optinter":
         assert int(resumed.model.search_steps) == 9  # 3 epochs of 3 search steps
     else:
         gates = resumed.model.gates().detach()
@@ -262,32 +271,39 @@ def test_a_minimum_count_is_counted_on_the_training_split_and_exported_with_the_
               f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'run'}"]
     cfg = compose_train_config(common)
     train(cfg, tmp_path / "run")
-    embedding = load_run(tmp_path / "run").scorer.model.embedding
+    run = load_run(tmp_path / "run")
+    embedding = run.scorer.model.embedding
     assert embedding.crosses_counted  # from the checkpoint's state
     (group,) = embedding.groups["cross"]
-    kept = embedding._get(group, "cross_kept")
-    # The rows that reach 3, counted here from the prepared training split alone, pair by exact pair.
+    index = embedding._get(group, "cross_index")
+    # The values that reach 3, counted here from the prepared training split alone, pair by exact pair:
+    # exactly those have rows of their own (distinct), every other value the pair's one rare row.
     prepared = prepare_configured(cfg)
     sizes = {f.name: f.vocab_size for f in prepared.schema().sparse}
     exact = dict(zip(group.cross_pairs, embedding._get(group, "cross_exact").tolist()))
+    frames = {split: pl.read_parquet(prepared.split_path(split)) for split in ("train", "valid")}
     checked = differs = 0
-    for name, (first, rows) in embedding.table_rows[group.key].items():
+    for name, (start, size) in zip(group.cross_pairs, embedding._value_ranges(group)):
         if not exact[name]:
             continue
         a, b = name.split("*")
-        frames = {split: pl.read_parquet(prepared.split_path(split)) for split in ("train", "valid")}
 
-        def reaching(frame: pl.DataFrame) -> torch.Tensor:
+        def reaching(frame: pl.DataFrame) -> set[int]:
             counts = frame.group_by(a, b).len().filter(pl.col("len") >= 3)
-            mask = torch.zeros(rows, dtype=torch.bool)
-            mask[torch.tensor((counts[a] * sizes[b] + counts[b]).to_list(), dtype=torch.long)] = True
-            return mask
+            return set((counts[a] * sizes[b] + counts[b]).to_list())
 
-        assert torch.equal(kept[first:first + rows], reaching(frames["train"])), name
+        first, rows = embedding.table_rows[group.key][name]
+        block = index[start:start + size].long() - first
+        own = set(torch.nonzero(block != rows - 1).flatten().tolist())
+        assert own == reaching(frames["train"]), name
+        assert sorted(block[sorted(own)].tolist()) == list(range(rows - 1)), name  # one row each, none shared
         checked += 1
-        # Validation rows would have counted: the training split and validation together reach 3 elsewhere.
-        differs += not torch.equal(kept[first:first + rows], reaching(pl.concat([frames["train"], frames["valid"]])))
-    assert checked >= 3 and differs >= 1 and 0 < int(kept.sum()) < kept.numel()
+        # Counting validation rows too would have given other values rows.
+        differs += own != reaching(pl.concat([frames["train"], frames["valid"]]))
+    assert checked >= 3 and differs >= 1
+    # The retrained model stores the kept rows only: its table is far smaller than one row per value.
+    assert embedding.weights[group.key].shape[0] == sum(r for _, r in embedding.table_rows[group.key].values()) < index.numel() / 2
+    assert run.metrics["num_parameters"] == sum(p.numel() for p in run.scorer.model.parameters())
     # The exported graph carries the same vocabulary: parity with torch on the validation rows.
     meta = export_run(tmp_path / "run", tmp_path / "export", cache_dir=tmp_path / "cache")
     assert meta["parity"]["max_abs_diff"] <= SCORE_ATOL
