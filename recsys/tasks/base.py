@@ -68,8 +68,9 @@ class Task(L.LightningModule):
                 raise RuntimeError("cross_min_count needs a data module that provides training_pass()")
             for embedding in uncounted:
                 for key, rows in embedding.count_crosses(datamodule.training_pass()).items():
-                    log.info("%s: %s of the %s cross rows seen in training reach the minimum count %d; the rest share "
-                             "one row per pair", key, f"{rows['kept']:,}", f"{rows['seen']:,}", embedding.cross_min_count)
+                    log.info("%s: %s of the %s cross values seen in training reach the minimum count %d and get rows; "
+                             "the rest share one row per pair", key, f"{rows['kept']:,}", f"{rows['seen']:,}",
+                             embedding.cross_min_count)
         if self.hparams.embedding_l2_scope == "mba" and self.hparams.embedding_l2:
             datamodule = getattr(self.trainer, "datamodule", None)
             if datamodule is None or not hasattr(datamodule, "row_counts"):
