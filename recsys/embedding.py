@@ -123,7 +123,7 @@ class FeatureEmbedding(nn.Module):
         if cross_min_count < 1:
             raise ValueError(f"cross_min_count must be >= 1, got {cross_min_count}")
         self.cross_min_count = int(cross_min_count)
-        # Whether the rows that reach the minimum count are known (count_crosses, or a loaded state).
+        # Whether the cross values that reach the minimum count are known (count_crosses, or a loaded state).
         self.crosses_counted = False
         if seq_pooling not in POOLINGS:
             raise ValueError(f"seq_pooling must be one of {POOLINGS}, got {seq_pooling!r}")
@@ -295,8 +295,8 @@ class FeatureEmbedding(nn.Module):
 
     def _cross_ids(self, batch: Batch, group: _Group) -> torch.Tensor:
         """[B, pairs] fused rows of the pairs' cross values: a * V_b + b where the pair's rows hold every
-        combination, else its stable hash modulo the pair's rows; under a minimum count, the pair's rare
-        row for a value that did not reach it in training."""
+        combination, else its stable hash modulo the pair's rows; under a minimum count, the value's row
+        in the counted table (the pair's rare row for a value that did not reach the count in training)."""
         rows = self._value_rows(batch, group)
         if self.cross_min_count == 1:  # a static fact of the layer, never of the data
             return rows

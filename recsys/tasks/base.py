@@ -62,7 +62,7 @@ class Task(L.LightningModule):
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
         uncounted = [e for e in self._embeddings if e.cross_min_count > 1 and not e.crosses_counted]
-        if uncounted:  # a minimum count on cross values: which rows reach it, from the training split alone
+        if uncounted:  # a minimum count on cross values: which values reach it, from the training split alone
             datamodule = getattr(self.trainer, "datamodule", None)
             if datamodule is None or not hasattr(datamodule, "training_pass"):
                 raise RuntimeError("cross_min_count needs a data module that provides training_pass()")
