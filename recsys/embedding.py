@@ -120,8 +120,8 @@ class FeatureEmbedding(nn.Module):
         cross_min_count: int = 1,
     ):
         super().__init__()
-        if cross_min_count < 1:
-            raise ValueError(f"cross_min_count must be >= 1, got {cross_min_count}")
+        if isinstance(cross_min_count, bool) or not isinstance(cross_min_count, int) or cross_min_count < 1:
+            raise ValueError(f"cross_min_count must be an integer >= 1 (a training count), got {cross_min_count!r}")
         self.cross_min_count = int(cross_min_count)
         # Whether the cross values that reach the minimum count are known (count_crosses, or a loaded state).
         self.crosses_counted = False

@@ -236,8 +236,9 @@ def test_a_minimum_count_gives_rows_to_the_values_that_reach_it_and_one_shared_r
     state = {k: v for k, v in emb.state_dict().items() if not k.endswith("__cross_index")}
     with pytest.raises(RuntimeError, match="size mismatch"):
         make().load_state_dict(state, strict=False)
-    with pytest.raises(ValueError, match="cross_min_count must be >= 1"):
-        FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a")]}, cross_min_count=0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="cross_min_count must be an integer >= 1"):
+            FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a")]}, cross_min_count=bad)
 
 
 def test_packed_kept_dims_store_only_the_kept_entries_and_look_up_as_a_masked_table(wide) -> None:

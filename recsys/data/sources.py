@@ -189,9 +189,13 @@ class DiskSource(BatchSource):
     def _batches(self, epoch: int) -> Iterator[Batch]:
         from recsys.data.arrays import to_batch
 
-        # Blocks in flight: read ahead, waiting in the queue, being read from, and one a batch spans into.
+        # Blocks in flight: read ahead (waiting in the queue, and one more the reader holds), and every block
+        # the batch being put together spans, which are given back only once it is copied out. A batch
+        # larger than a block spans ceil(batch / block) + 1 of them: a fixed pool smaller than that waits
+        # forever (an evaluation batch of 16,384 rows over 512-row blocks did).
+        spanned = -(-self.batch_size // self.block_rows) + 1
         stop = threading.Event()
-        pool = _BufferPool(lambda: self.arrays.empty(self.block_rows), self.prefetch + 3, stop)
+        pool = _BufferPool(lambda: self.arrays.empty(self.block_rows), self.prefetch + 1 + spanned, stop)
         pieces: Iterator = self._pieces(self.order(epoch), pool)
         if self.prefetch > 0:
             pieces = ReadAhead(pieces, self.prefetch, stop)

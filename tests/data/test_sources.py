@@ -132,6 +132,19 @@ def test_evaluation_reads_in_file_order(disk_module) -> None:  # noqa: ANN001
     assert np.array_equal(rows_of(batches), np.arange(disk_module.load_arrays("valid").n_rows))
 
 
+@pytest.mark.parametrize(("shuffle", "prefetch"), [(False, 0), (False, 2), (True, 2)])
+def test_a_batch_that_spans_many_blocks_is_read_to_the_end(disk_module, shuffle: bool, prefetch: int) -> None:  # noqa: ANN001
+    # One batch of the whole split over 50-row blocks: every block it spans is held until it is copied out.
+    arrays = disk_module.load_arrays("train")
+    source = DiskSource(arrays, arrays.n_rows, shuffle=shuffle, seed=2, block_rows=50, prefetch=prefetch)
+    result: list = []
+    reader = threading.Thread(target=lambda: result.extend(source), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "the source waited for a buffer it never got back"
+    assert len(result) == 1 and np.array_equal(np.sort(rows_of(result)), np.arange(arrays.n_rows))
+
+
 def test_the_read_ahead_thread_stops_with_its_consumer_and_passes_errors_on(disk_module) -> None:  # noqa: ANN001
     def prefetchers() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name == "recsys-prefetch" and t.is_alive()]
