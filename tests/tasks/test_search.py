@@ -307,3 +307,27 @@ def test_a_minimum_count_is_counted_on_the_training_split_and_exported_with_the_
     # The exported graph carries the same vocabulary: parity with torch on the validation rows.
     meta = export_run(tmp_path / "run", tmp_path / "export", cache_dir=tmp_path / "cache")
     assert meta["parity"]["max_abs_diff"] <= SCORE_ATOL
+
+
+def test_under_a_minimum_count_the_search_predicts_the_retrained_cross_table(tmp_path) -> None:
+    from recsys.commands.train import train
+    from recsys.serving.runs import load_run
+
+    common = [*TINY["optinter_counted"], "model.cross_buckets=100000", "data=synthetic", "data.synthetic.n_train=1500",
+              "data.synthetic.n_valid=500", "data.synthetic.n_test=500", "data.batch_size=256", "trainer.max_epochs=2",
+              "trainer.enable_progress_bar=false", f"paths.cache_dir={tmp_path / 'cache'}"]
+    search = tmp_path / "search"
+    train(compose_train_config([*common, "task=search", f"paths.output_dir={search}"]), search)
+    chosen = search / "architecture.json"
+    architecture = json.loads(chosen.read_text())
+    memorised = [n for n, m in architecture["pairs"].items() if m == "memorise"]
+    assert memorised  # this seed's search memorises some pairs (else there is nothing to predict)
+    retrain = tmp_path / "retrain"
+    metrics = train(compose_train_config([*common, f"model.architecture={chosen}", f"paths.output_dir={retrain}"]), retrain)
+    # The search space, counted on the same training split, said what those pairs cost once retrained; the
+    # retrained model stores exactly that: a row per counted value of each memorised pair, and its rare row.
+    model = load_run(retrain).scorer.model
+    rows = model.embedding.weights["cross__3"].shape[0]
+    assert rows == architecture["retrained_pair_parameters"]["cross_rows"] > len(memorised)
+    assert sum(n for _, n in model.embedding.table_rows["cross__3"].values()) == rows
+    assert metrics["num_parameters"] == sum(p.numel() for p in model.parameters())
