@@ -334,18 +334,17 @@ class FeatureEmbedding(nn.Module):
         for g in groups:
             kept = counts[g.key] >= self.cross_min_count
             index = torch.empty(kept.numel(), dtype=torch.int32, device=device)
-            blocks, first = {}, 0
+            first = 0
             # One pass per pair at setup (not per batch): each pair's kept values in value order, then its rare row.
-            for name, (start, size) in zip(g.cross_pairs, self._value_ranges(g)):
+            for start, size in self._value_ranges(g):
                 pair_kept = kept[start:start + size]
                 n = int(pair_kept.sum())
                 block = torch.full((size,), first + n, dtype=torch.int32, device=device)
                 block[pair_kept] = torch.arange(first, first + n, dtype=torch.int32, device=device)
                 index[start:start + size] = block
-                blocks[name] = (first, n + 1)
                 first += n + 1
             self._get(g, "cross_index").copy_(index)
-            self.table_rows[g.key] = blocks
+            self.table_rows[g.key] = self._index_blocks(g, index)
             self.weights[g.key] = nn.Parameter(torch.randn(first, g.dim, device=device) * self.init_std)
             summary[g.key] = {"seen": int((counts[g.key] > 0).sum()), "kept": int(kept.sum())}
         self.crosses_counted = True
@@ -354,6 +353,16 @@ class FeatureEmbedding(nn.Module):
     def _value_ranges(self, group: _Group) -> list[tuple[int, int]]:
         """(first value row, value rows) per pair of a cross set: the static ranges the index maps from."""
         return list(zip(self._get(group, "cross_offsets").tolist(), self._get(group, "cross_buckets").tolist()))
+
+    def _index_blocks(self, group: _Group, index: torch.Tensor) -> dict[str, tuple[int, int]]:
+        """(first row, rows) per pair of a counted cross set, read from its value -> row index: a pair's values
+        map into one contiguous block that ends in its rare row."""
+        blocks = {}
+        for name, (start, size) in zip(group.cross_pairs, self._value_ranges(group)):
+            rows = index[start:start + size]
+            low, high = int(rows.min()), int(rows.max())
+            blocks[name] = (low, high - low + 1)
+        return blocks
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # A state counted under a minimum count holds a table sized by its training data: take that size
@@ -366,11 +375,7 @@ class FeatureEmbedding(nn.Module):
                     continue
                 if table.shape != self.weights[g.key].shape:
                     self.weights[g.key] = nn.Parameter(torch.empty(table.shape, dtype=table.dtype, device=self.weights[g.key].device))
-                self.table_rows[g.key] = {}
-                for name, (start, size) in zip(g.cross_pairs, self._value_ranges(g)):
-                    block = index[start:start + size]
-                    low, high = int(block.min()), int(block.max())
-                    self.table_rows[g.key][name] = (low, high - low + 1)
+                self.table_rows[g.key] = self._index_blocks(g, index)
                 self.crosses_counted = True
         super()._load_from_state_dict(state_dict, prefix, *args)
 
