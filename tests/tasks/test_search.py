@@ -117,7 +117,9 @@ def test_weights_step_on_training_batches_and_the_architecture_on_validation_bat
     assert int(task.model.search_steps) == 2
 
 
-def test_a_search_never_reads_the_test_split(tmp_path) -> None:
+def test_a_search_never_reads_the_test_split(tmp_path, caplog) -> None:
+    import logging
+
     from recsys.commands.train import train
     from recsys.config import prepare_configured
 
@@ -128,8 +130,13 @@ def test_a_search_never_reads_the_test_split(tmp_path) -> None:
     prepared = prepare_configured(cfg)
     # The prepared test split is gone: any read of it fails.
     prepared.split_path("test").rename(tmp_path / "elsewhere.parquet")
-    metrics = train(cfg, tmp_path / "search")
+    with caplog.at_level(logging.INFO, logger="recsys.commands.train"):
+        metrics = train(cfg, tmp_path / "search")
     assert metrics["task"] == "search" and metrics["selected_on"] == "valid" and "test" not in metrics
+    # The closing line says why there is no test metric and how to retrain, instead of "test auc nan".
+    closing = [r.getMessage() for r in caplog.records if r.name == "recsys.commands.train" and " on synthetic" in r.getMessage()]
+    assert len(closing) == 1 and "nan" not in closing[0], closing
+    assert f"model.architecture={tmp_path / 'search' / 'architecture.json'}" in closing[0]
     assert set(metrics["val"]) == {"auc", "gauc", "logloss"}
     written = json.loads((tmp_path / "search" / "metrics.json").read_text())
     assert "test" not in written and written["architecture"]["file"] == "architecture.json"
