@@ -47,6 +47,11 @@ DimSpec = int | Mapping[str, int]
 POOLINGS = ("mean", "sum")
 
 
+def _index_dtype(rows: int) -> torch.dtype:
+    """The narrowest integer type for row numbers 0 .. rows - 1 (ONNX's Gather takes any element type)."""
+    return torch.int16 if rows <= torch.iinfo(torch.int16).max + 1 else torch.int32
+
+
 @dataclass(frozen=True)
 class _Group:
     """Fields of one table set that share one embedding width, hence one fused parameter."""
@@ -283,7 +288,8 @@ class FeatureEmbedding(nn.Module):
             self._hashed_crosses.add(group.key)
         if self.cross_min_count > 1:
             # Value row -> table row, set by count_crosses. Persistent: the training vocabulary travels with
-            # every checkpoint and export. int32 halves what an export stores for it (4 bytes per value).
+            # every checkpoint and export, which stores it per possible value: count_crosses narrows it to
+            # the smallest integer type that holds the counted table's row numbers (int16 or int32).
             self.register_buffer(f"{group.key}__cross_index", torch.zeros(rows, dtype=torch.int32))
             # Until counted, one (rare) row per pair.
             self.table_rows[group.key] = {n: (i, 1) for i, n in enumerate(names)}
@@ -343,7 +349,7 @@ class FeatureEmbedding(nn.Module):
                 block[pair_kept] = torch.arange(first, first + n, dtype=torch.int32, device=device)
                 index[start:start + size] = block
                 first += n + 1
-            self._get(g, "cross_index").copy_(index)
+            setattr(self, f"{g.key}__cross_index", index.to(_index_dtype(first)))
             self.table_rows[g.key] = self._index_blocks(g, index)
             self.weights[g.key] = nn.Parameter(torch.randn(first, g.dim, device=device) * self.init_std)
             summary[g.key] = {"seen": int((counts[g.key] > 0).sum()), "kept": int(kept.sum())}
@@ -375,6 +381,9 @@ class FeatureEmbedding(nn.Module):
                     continue
                 if table.shape != self.weights[g.key].shape:
                     self.weights[g.key] = nn.Parameter(torch.empty(table.shape, dtype=table.dtype, device=self.weights[g.key].device))
+                own = self._get(g, "cross_index")
+                if index.dtype != own.dtype:  # the saved index's width (count_crosses picks it per table)
+                    setattr(self, f"{g.key}__cross_index", torch.empty(own.shape, dtype=index.dtype, device=own.device))
                 self.table_rows[g.key] = self._index_blocks(g, index)
                 self.crosses_counted = True
         super()._load_from_state_dict(state_dict, prefix, *args)

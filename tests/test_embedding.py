@@ -241,6 +241,33 @@ def test_a_minimum_count_gives_rows_to_the_values_that_reach_it_and_one_shared_r
             FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a")]}, cross_min_count=bad)
 
 
+def test_a_counted_index_is_int16_while_the_table_fits_and_int32_beyond() -> None:
+    # 200 x 200 = 40,000 values of an exact pair, each seen twice: a minimum count of 2 keeps them all, so rows
+    # run past int16's 32,767; a count of 3 keeps none (one rare row).
+    n = 200
+    raw = pl.DataFrame({"label": [0, 1] * (n * n), "a": [f"a{i // n % n}" for i in range(2 * n * n)],
+                        "b": [f"b{i % n}" for i in range(2 * n * n)]})
+    pipe = FeaturePipeline([{"name": "label", "kind": "label"}, {"name": "a", "kind": "categorical"},
+                            {"name": "b", "kind": "categorical"}]).fit(raw)
+    batch = frame_to_batch(pipe.transform(raw).collect(), pipe.schema)
+    make = lambda count: FeatureEmbedding(pipe.schema, tables={"cross": 2}, crosses={"cross": [("a", "b")]},  # noqa: E731
+                                          cross_buckets=1 << 20, cross_min_count=count, init_std=1.0)
+    wide, narrow = make(2), make(3)
+    assert wide.count_crosses([batch]) == {"cross__2": {"seen": n * n, "kept": n * n}}
+    narrow.count_crosses([batch])
+    assert wide.cross__2__cross_index.dtype == torch.int32 and narrow.cross__2__cross_index.dtype == torch.int16
+    # Every kept value reads its own row, the ones past 32,767 included (an int16 index would wrap them).
+    ids = wide(batch, "cross")[:, 0]
+    rows = {tuple(r) for r in wide.weights["cross__2"].detach()[: n * n].tolist()}
+    assert len(rows) == n * n and {tuple(r) for r in ids.detach().tolist()} == rows
+    # Both widths survive a checkpoint into a fresh (int32) layer, the narrow one staying narrow.
+    for counted, count in ((wide, 2), (narrow, 3)):
+        loaded = make(count)
+        loaded.load_state_dict(counted.state_dict())
+        assert loaded.cross__2__cross_index.dtype == counted.cross__2__cross_index.dtype
+        assert torch.equal(loaded(batch, "cross"), counted(batch, "cross"))
+
+
 def test_packed_kept_dims_store_only_the_kept_entries_and_look_up_as_a_masked_table(wide) -> None:
     schema, batch = wide
     emb = FeatureEmbedding(schema, tables={"default": 4, "linear": 1}, init_std=1.0)
