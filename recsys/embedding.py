@@ -288,8 +288,8 @@ class FeatureEmbedding(nn.Module):
             self._hashed_crosses.add(group.key)
         if self.cross_min_count > 1:
             # Value row -> table row, set by count_crosses. Persistent: the training vocabulary travels with
-            # every checkpoint and export, which stores it per possible value: count_crosses narrows it to
-            # the smallest integer type that holds the counted table's row numbers (int16 or int32).
+            # every checkpoint and export. int32, the narrowest type DDP's buffer broadcast carries (neither
+            # gloo nor NCCL has int16); an export narrows its own copy further (narrow_cross_indices).
             self.register_buffer(f"{group.key}__cross_index", torch.zeros(rows, dtype=torch.int32))
             # Until counted, one (rare) row per pair.
             self.table_rows[group.key] = {n: (i, 1) for i, n in enumerate(names)}
@@ -349,7 +349,7 @@ class FeatureEmbedding(nn.Module):
                 block[pair_kept] = torch.arange(first, first + n, dtype=torch.int32, device=device)
                 index[start:start + size] = block
                 first += n + 1
-            setattr(self, f"{g.key}__cross_index", index.to(_index_dtype(first)))
+            self._get(g, "cross_index").copy_(index)
             self.table_rows[g.key] = self._index_blocks(g, index)
             self.weights[g.key] = nn.Parameter(torch.randn(first, g.dim, device=device) * self.init_std)
             summary[g.key] = {"seen": int((counts[g.key] > 0).sum()), "kept": int(kept.sum())}
@@ -381,12 +381,20 @@ class FeatureEmbedding(nn.Module):
                     continue
                 if table.shape != self.weights[g.key].shape:
                     self.weights[g.key] = nn.Parameter(torch.empty(table.shape, dtype=table.dtype, device=self.weights[g.key].device))
-                own = self._get(g, "cross_index")
-                if index.dtype != own.dtype:  # the saved index's width (count_crosses picks it per table)
-                    setattr(self, f"{g.key}__cross_index", torch.empty(own.shape, dtype=index.dtype, device=own.device))
                 self.table_rows[g.key] = self._index_blocks(g, index)
                 self.crosses_counted = True
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def narrow_cross_indices(self) -> None:
+        """Store each counted cross index in the narrowest integer type that holds its table's row numbers
+        (int16 up to 32,768 rows): an ONNX graph stores one entry per possible cross value, so this halves
+        that part of an export. For a copy that is only exported or served; one that trains under DDP keeps
+        int32 (see __init__)."""
+        for groups in self.groups.values():
+            for g in groups:
+                if g.cross_pairs and self.cross_min_count > 1:
+                    narrow = self._get(g, "cross_index").to(_index_dtype(self.weights[g.key].shape[0]))
+                    setattr(self, f"{g.key}__cross_index", narrow)
 
     def hashed_pairs(self, table_set: str) -> list[str]:
         """The pairs of a cross set whose ids are hashed (more value combinations than their rows), in order."""

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 
 from recsys.batch import INPUT_NAMES, Batch
 from recsys.data import frame_to_batch, prepare_dataset
+from recsys.embedding import FeatureEmbedding
 from recsys.features import FeaturePipeline, Schema
 from recsys.features.atomic import atomic_directory, write_json_atomic
 from recsys.metrics import auc
@@ -248,6 +249,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, rows: int = PARITY_ROWS,
     if out.exists() and not (out / METADATA_FILE).exists():
         raise ExportError(f"{out} exists and is not an earlier export (no {METADATA_FILE}); refusing to replace it")
     run = load_run(run_dir)
+    # The export's own copy of the model: counted cross indices go into the graph at their narrowest width.
+    for module in run.scorer.modules():
+        if isinstance(module, FeatureEmbedding):
+            module.narrow_cross_indices()
     name = run.metrics.get("model")
     valid, fingerprint = validation_rows(run, rows, cache_dir)
     if run.metrics.get("data_fingerprint") not in (None, fingerprint):

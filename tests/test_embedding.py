@@ -241,7 +241,7 @@ def test_a_minimum_count_gives_rows_to_the_values_that_reach_it_and_one_shared_r
             FeatureEmbedding(schema, tables={"cross": 3}, crosses={"cross": [("c", "a")]}, cross_min_count=bad)
 
 
-def test_a_counted_index_is_int16_while_the_table_fits_and_int32_beyond() -> None:
+def test_a_counted_index_narrows_to_int16_for_export_while_the_table_fits_and_stays_int32_beyond() -> None:
     # 200 x 200 = 40,000 values of an exact pair, each seen twice: a minimum count of 2 keeps them all, so rows
     # run past int16's 32,767; a count of 3 keeps none (one rare row).
     n = 200
@@ -255,17 +255,18 @@ def test_a_counted_index_is_int16_while_the_table_fits_and_int32_beyond() -> Non
     wide, narrow = make(2), make(3)
     assert wide.count_crosses([batch]) == {"cross__2": {"seen": n * n, "kept": n * n}}
     narrow.count_crosses([batch])
+    # Counted, both train with int32 indices (DDP broadcasts buffers; neither gloo nor NCCL has int16).
+    assert wide.cross__2__cross_index.dtype == narrow.cross__2__cross_index.dtype == torch.int32
+    before = {"wide": wide(batch, "cross"), "narrow": narrow(batch, "cross")}
+    wide.narrow_cross_indices()
+    narrow.narrow_cross_indices()
     assert wide.cross__2__cross_index.dtype == torch.int32 and narrow.cross__2__cross_index.dtype == torch.int16
-    # Every kept value reads its own row, the ones past 32,767 included (an int16 index would wrap them).
-    ids = wide(batch, "cross")[:, 0]
+    # The same lookups after narrowing, and every kept value on its own row, the ones past 32,767 included
+    # (an int16 index would wrap them).
+    assert torch.equal(wide(batch, "cross"), before["wide"]) and torch.equal(narrow(batch, "cross"), before["narrow"])
+    ids = before["wide"][:, 0]
     rows = {tuple(r) for r in wide.weights["cross__2"].detach()[: n * n].tolist()}
     assert len(rows) == n * n and {tuple(r) for r in ids.detach().tolist()} == rows
-    # Both widths survive a checkpoint into a fresh (int32) layer, the narrow one staying narrow.
-    for counted, count in ((wide, 2), (narrow, 3)):
-        loaded = make(count)
-        loaded.load_state_dict(counted.state_dict())
-        assert loaded.cross__2__cross_index.dtype == counted.cross__2__cross_index.dtype
-        assert torch.equal(loaded(batch, "cross"), counted(batch, "cross"))
 
 
 def test_packed_kept_dims_store_only_the_kept_entries_and_look_up_as_a_masked_table(wide) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REQUIRED = {"model", "dataset", "val", "test", "best_epoch", "epochs", "train_seconds", "train_samples_per_second", "num_parameters"}
 
 
@@ -119,6 +121,28 @@ def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path) -> None:
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert abs(one["val"]["auc"] - two["val"]["auc"]) < 1e-3, (one["val"], two["val"])
     assert [round(h["auc"], 3) for h in one["history"]] == [round(h["auc"], 3) for h in two["history"]]
+
+
+def test_ddp_counts_memorised_values_on_every_rank_as_one_process_does(tmp_path) -> None:
+    """OptInter-M with a minimum count under two gloo processes: each rank counts the whole training split
+    (not its shard) into the same int32 index, which DDP's buffer broadcast carries, so the trained
+    checkpoint holds the vocabulary of a one-process run."""
+    common = ["train", "model=optinter_m", "model.cross_min_count=3", "model.hidden_units=[16]", "model.embedding_dim=4",
+              "model.pair_dim=3", "data=synthetic", "data.synthetic.n_train=4096", "data.synthetic.n_valid=1000",
+              "data.synthetic.n_test=1000", "data.batch_size=512", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+              "trainer.accelerator=cpu", f"paths.cache_dir={tmp_path / 'cache'}"]
+    single = _recsys(*common, f"paths.output_dir={tmp_path / 'single'}", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = _recsys(*common, "+trainer.strategy=ddp", "trainer.devices=2", f"paths.output_dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    states = [torch.load(tmp_path / run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+              for run in ("single", "ddp")]
+    (key,) = [k for k in states[0] if k.endswith("__cross_index")]
+    one, two = states[0][key], states[1][key]
+    assert one.dtype == two.dtype == torch.int32 and torch.equal(one, two)
+    table = key.replace("__cross_index", "").replace("embedding.", "embedding.weights.")
+    rows = states[0][table].shape[0]
+    assert states[1][table].shape[0] == rows and 10 < rows < one.numel() / 2  # 10 pairs' rare rows and some kept values
 
 
 def test_optuna_sweep_runs_trials_and_maximises_validation_auc(tmp_path) -> None:

@@ -314,12 +314,13 @@ def test_a_minimum_count_is_counted_on_the_training_split_and_exported_with_the_
     # The exported graph carries the same vocabulary: parity with torch on the validation rows.
     meta = export_run(tmp_path / "run", tmp_path / "export", cache_dir=tmp_path / "cache")
     assert meta["parity"]["max_abs_diff"] <= SCORE_ATOL
-    # ... stored at 2 bytes per possible value: the table's few hundred rows fit int16.
+    # ... stored at 2 bytes per possible value (the table's few hundred rows fit int16), while the run's own
+    # checkpoint keeps the int32 index it trained with.
     import onnx
 
     graph = onnx.load(str(tmp_path / "export" / "model.onnx")).graph
     stored = [t for t in graph.initializer if onnx.numpy_helper.to_array(t).shape == (index.numel(),)]
-    assert index.dtype == torch.int16 and [t.data_type for t in stored] == [onnx.TensorProto.INT16]
+    assert index.dtype == torch.int32 and [t.data_type for t in stored] == [onnx.TensorProto.INT16]
 
 
 def test_under_a_minimum_count_the_search_predicts_the_retrained_cross_table(tmp_path) -> None:
