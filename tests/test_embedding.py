@@ -264,9 +264,9 @@ def test_a_counted_index_narrows_to_int16_for_export_while_the_table_fits_and_st
     # The same lookups after narrowing, and every kept value on its own row, the ones past 32,767 included
     # (an int16 index would wrap them).
     assert torch.equal(wide(batch, "cross"), before["wide"]) and torch.equal(narrow(batch, "cross"), before["narrow"])
-    ids = before["wide"][:, 0]
+    looked_up = before["wide"][:, 0]
     rows = {tuple(r) for r in wide.weights["cross__2"].detach()[: n * n].tolist()}
-    assert len(rows) == n * n and {tuple(r) for r in ids.detach().tolist()} == rows
+    assert len(rows) == n * n and {tuple(r) for r in looked_up.detach().tolist()} == rows
 
 
 def test_packed_kept_dims_store_only_the_kept_entries_and_look_up_as_a_masked_table(wide) -> None:
