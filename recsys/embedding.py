@@ -327,8 +327,8 @@ class FeatureEmbedding(nn.Module):
         made anew at that size (initialised as at construction): call it before an optimiser holds the
         table, as the task's setup does. Returns, per cross set, the values seen and the values kept. A no-op
         without a minimum count. A hashed pair counts per bucket (a bucket's values together)."""
-        groups = [g for gs in self.groups.values() for g in gs if g.cross_pairs]
-        if self.cross_min_count == 1 or not groups:
+        groups = self._counted_groups()
+        if not groups:
             return {}
         device = self.weights[groups[0].key].device
         counts = {g.key: torch.zeros(self._get(g, "cross_index").numel(), dtype=torch.long, device=device) for g in groups}
@@ -356,6 +356,12 @@ class FeatureEmbedding(nn.Module):
         self.crosses_counted = True
         return summary
 
+    def _counted_groups(self) -> list[_Group]:
+        """The cross sets' groups whose values are counted (none without a minimum count)."""
+        if self.cross_min_count == 1:
+            return []
+        return [g for groups in self.groups.values() for g in groups if g.cross_pairs]
+
     def _value_ranges(self, group: _Group) -> list[tuple[int, int]]:
         """(first value row, value rows) per pair of a cross set: the static ranges the index maps from."""
         return list(zip(self._get(group, "cross_offsets").tolist(), self._get(group, "cross_buckets").tolist()))
@@ -373,16 +379,15 @@ class FeatureEmbedding(nn.Module):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # A state counted under a minimum count holds a table sized by its training data: take that size
         # (before the weights' own load copies into it) and the blocks its index gives each pair.
-        for groups in self.groups.values():
-            for g in groups:
-                index = state_dict.get(f"{prefix}{g.key}__cross_index")
-                table = state_dict.get(f"{prefix}weights.{g.key}")
-                if not g.cross_pairs or self.cross_min_count == 1 or index is None or table is None:
-                    continue
-                if table.shape != self.weights[g.key].shape:
-                    self.weights[g.key] = nn.Parameter(torch.empty(table.shape, dtype=table.dtype, device=self.weights[g.key].device))
-                self.table_rows[g.key] = self._index_blocks(g, index)
-                self.crosses_counted = True
+        for g in self._counted_groups():
+            index = state_dict.get(f"{prefix}{g.key}__cross_index")
+            table = state_dict.get(f"{prefix}weights.{g.key}")
+            if index is None or table is None:
+                continue
+            if table.shape != self.weights[g.key].shape:
+                self.weights[g.key] = nn.Parameter(torch.empty(table.shape, dtype=table.dtype, device=self.weights[g.key].device))
+            self.table_rows[g.key] = self._index_blocks(g, index)
+            self.crosses_counted = True
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def narrow_cross_indices(self) -> None:
@@ -390,11 +395,9 @@ class FeatureEmbedding(nn.Module):
         (int16 up to 32,768 rows): an ONNX graph stores one entry per possible cross value, so this halves
         that part of an export. For a copy that is only exported or served; one that trains under DDP keeps
         int32 (see __init__)."""
-        for groups in self.groups.values():
-            for g in groups:
-                if g.cross_pairs and self.cross_min_count > 1:
-                    narrow = self._get(g, "cross_index").to(_index_dtype(self.weights[g.key].shape[0]))
-                    setattr(self, f"{g.key}__cross_index", narrow)
+        for g in self._counted_groups():
+            narrow = self._get(g, "cross_index").to(_index_dtype(self.weights[g.key].shape[0]))
+            setattr(self, f"{g.key}__cross_index", narrow)
 
     def hashed_pairs(self, table_set: str) -> list[str]:
         """The pairs of a cross set whose ids are hashed (more value combinations than their rows), in order."""

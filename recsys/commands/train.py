@@ -221,14 +221,13 @@ def train(cfg: DictConfig, output_dir: str | Path, extra_callbacks: list[L.Callb
     key = task.monitor.split("/", 1)[1]
     value = metrics["val"].get(key, float("nan"))
     if key in metrics.get("test", {}):
-        log.info("%s on %s: val %s %.4f, test %s %.4f", metrics["model"], metrics["dataset"], key, value,
-                 key, metrics["test"][key])
+        test = f", test {key} {metrics['test'][key]:.4f}"
     elif hasattr(task, "write_artifacts"):  # a search reads no test split: say so, and what comes next
-        log.info("%s on %s: val %s %.4f (a search: the test split is not read; retrain the chosen architecture "
-                 "with model.architecture=%s)", metrics["model"], metrics["dataset"], key, value,
-                 output_dir / "architecture.json")
+        test = (" (a search: the test split is not read; retrain the chosen architecture with "
+                f"model.architecture={output_dir / 'architecture.json'})")
     else:
-        log.info("%s on %s: val %s %.4f, no test metrics", metrics["model"], metrics["dataset"], key, value)
+        test = ", no test metrics"
+    log.info("%s on %s: val %s %.4f%s", metrics["model"], metrics["dataset"], key, value, test)
     best = best_baseline((baselines or {}).get("baselines") or [], key, task.mode)
     if best is not None and not beats(value, best["val"][key], task.mode):
         log.warning("%s does NOT beat the best baseline on validation: %s", metrics["model"], _baselines_line(baselines, task.monitor, task.mode))
